@@ -1,0 +1,381 @@
+"""The experiment config: one typed, validated object loaded from experiment.yaml.
+
+    python -m bbo check experiments/demo            # validate, print the resolved config
+    python -m bbo run experiments/demo train.epochs=2 nomad.budget=5
+
+Every key of experiment.yaml maps to a field below; an unknown key, a wrong
+type or an impossible value raises ConfigError with a one-line message that
+names the key. Command-line overrides are dotted `key=value` pairs whose values
+are parsed as YAML scalars (`train.lr_scheduler=linear`, `launch.num_processes=2`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from bbo.space import SearchSpace
+
+
+class ConfigError(ValueError):
+    """A problem in experiment.yaml or an override; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    path: str  # hub id or local folder (relative paths are relative to the experiment folder)
+    dtype: str = "auto"  # auto = bfloat16 on GPU, float32 on CPU; or float32 / bfloat16 / float16
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    trust_remote_code: bool = False  # off unless you trust the model's repository
+    revision: str | None = None
+
+    def check(self):
+        _one_of("model.dtype", self.dtype, ["auto", "float32", "bfloat16", "float16"])
+        _one_of("model.attn_implementation", self.attn_implementation, ["sdpa", "eager", "flash_attention_2"])
+
+
+@dataclass
+class DataSource:
+    path: str  # local .json/.jsonl file, or a hub dataset id
+    format: str = "alpaca"  # alpaca (instruction/input/output) | dolly (instruction/context/response)
+    max_samples: int | None = None  # take at most this many (seeded shuffle first): mixes sources without resampling
+    split: str = "train"  # split name, for hub datasets
+
+    def check(self, key):
+        _one_of(f"{key}.format", self.format, ["alpaca", "dolly"])
+        _positive(f"{key}.max_samples", self.max_samples, allow_none=True)
+
+
+@dataclass
+class DataConfig:
+    sources: list[DataSource]
+    template: str = "alpaca"  # the prompt template (see blackbox/data.py TEMPLATES)
+    val_fraction: float = 0.2  # held-out share, split after deduplication: no example is in both
+    split_seed: int = 0
+    max_length: int = 512  # tokens; longer examples are truncated
+    packing: bool = True  # pack examples into full rows (no padding); attention stays per example
+
+    def check(self):
+        if not self.sources:
+            raise ConfigError("data.sources: needs at least one source")
+        for i, source in enumerate(self.sources):
+            source.check(f"data.sources[{i}]")
+        _one_of("data.template", self.template, ["alpaca", "plain"])
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction: must be in (0, 1), got {self.val_fraction}")
+        _positive("data.max_length", self.max_length)
+
+
+LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraConfig:
+    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR_MODULES))
+    bias: str = "none"
+    use_rslora: bool = False  # scale by alpha/sqrt(r) instead of alpha/r
+
+    def check(self):
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules: must name at least one module (default: all LLaMA linear layers)")
+        _one_of("lora.bias", self.bias, ["none", "all", "lora_only"])
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    per_device_batch_size: int = 4
+    grad_accum: int = 8
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU; or bf16 / fp16 / fp32
+    gradient_checkpointing: bool = False  # only when memory requires it: it costs ~1/3 more compute
+    seed: int = 42
+    logging_steps: int = 10
+    diverge_loss: float = 1.0e4  # a logged train loss above this (or NaN/inf) stops the run as diverged
+
+    def check(self):
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ConfigError("train: set train.epochs > 0 or train.max_steps > 0")
+        _positive("train.per_device_batch_size", self.per_device_batch_size)
+        _positive("train.grad_accum", self.grad_accum)
+        _positive("train.logging_steps", self.logging_steps)
+        _one_of("train.lr_scheduler", self.lr_scheduler,
+                ["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"])
+        _one_of("train.precision", self.precision, ["auto", "bf16", "fp16", "fp32"])
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay: must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class LaunchConfig:
+    num_processes: int = 1  # processes (GPUs) per evaluation, run by `accelerate launch`
+    parallel: int = 1  # evaluations at once; each gets its own num_processes GPUs
+    gpus: list[int] | None = None  # GPU ids to use (default: CUDA_VISIBLE_DEVICES, else all)
+    timeout_minutes: float | None = None  # wall-clock limit of one evaluation; the whole process group is killed
+    accelerate_args: list[str] = field(default_factory=list)  # extra `accelerate launch` options
+
+    def check(self):
+        _positive("launch.num_processes", self.num_processes)
+        _positive("launch.parallel", self.parallel)
+        _positive("launch.timeout_minutes", self.timeout_minutes, allow_none=True)
+
+
+@dataclass
+class MmluConfig:
+    task: str = "mmlu_local"  # mmlu_local (offline, eval/tasks) or mmlu (lm-eval's stock task, needs the hub)
+    data_dir: str | None = None  # MMLU-format dev.jsonl + test.jsonl, for mmlu_local
+    num_fewshot: int = 5
+    limit: int | None = None  # questions per subject (None = all)
+    batch_size: int = 8
+
+    def check(self):
+        _one_of("objective.mmlu.task", self.task, ["mmlu_local", "mmlu"])
+        if self.task == "mmlu_local" and not self.data_dir:
+            raise ConfigError("objective.mmlu.data_dir: required by task mmlu_local")
+        if self.num_fewshot < 0:
+            raise ConfigError(f"objective.mmlu.num_fewshot: must be >= 0, got {self.num_fewshot}")
+        _positive("objective.mmlu.limit", self.limit, allow_none=True)
+        _positive("objective.mmlu.batch_size", self.batch_size)
+
+
+# Every output the blackbox can report, and whether NOMAD should minimise it as is.
+METRICS = {
+    "val_loss": "minimise",
+    "mmlu": "maximise",
+    "train_loss": "minimise",
+    "train_seconds": "minimise",
+    "eval_seconds": "minimise",
+    "tokens_per_second": "maximise",
+}
+
+
+@dataclass
+class ObjectiveConfig:
+    metric: str = "val_loss"  # val_loss (minimised as is) or mmlu (accuracy; NOMAD minimises -mmlu)
+    extra_outputs: list[str] = field(default_factory=lambda: ["val_loss", "train_loss", "train_seconds", "eval_seconds"])
+    mmlu: MmluConfig = field(default_factory=MmluConfig)
+
+    def check(self):
+        _one_of("objective.metric", self.metric, ["val_loss", "mmlu"])
+        for name in self.extra_outputs:
+            _one_of("objective.extra_outputs", name, list(METRICS))
+        if self.needs_mmlu:
+            self.mmlu.check()
+
+    @property
+    def needs_mmlu(self) -> bool:
+        return self.metric == "mmlu" or "mmlu" in self.extra_outputs
+
+    @property
+    def outputs(self) -> list[str]:
+        """The names of the blackbox's output columns, in BB_OUTPUT_TYPE order."""
+        return ["objective"] + list(self.extra_outputs)
+
+    def to_objective(self, metrics: dict) -> float:
+        """NOMAD minimises: a maximised metric is negated here, and only here."""
+        value = float(metrics[self.metric])
+        return -value if METRICS[self.metric] == "maximise" else value
+
+
+@dataclass
+class NomadConfig:
+    budget: int = 50  # MAX_BB_EVAL: new evaluations (cached points do not count)
+    seed: int = 0
+    lh_search: list[int] | None = None  # LH_SEARCH [initial, per-iteration] Latin-hypercube points
+    extra_lines: list[str] = field(default_factory=list)  # more NOMAD parameter lines, written as given
+
+    def check(self):
+        _positive("nomad.budget", self.budget)
+        if self.lh_search is not None and (len(self.lh_search) != 2 or min(self.lh_search) < 0):
+            raise ConfigError(f"nomad.lh_search: must be two integers >= 0, got {self.lh_search}")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    model: ModelConfig
+    data: DataConfig
+    space: SearchSpace
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    nomad: NomadConfig = field(default_factory=NomadConfig)
+    description: str = ""
+    dir: Path = field(default=Path("."), metadata={"internal": True})  # the experiment folder
+
+    def check(self):
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ConfigError(f"name: use letters, digits, '-', '_' or '.', got {self.name!r}")
+        for part in (self.model, self.data, self.lora, self.train, self.launch, self.objective, self.nomad):
+            part.check()
+
+    def resolve(self, path: str | None) -> str | None:
+        """A path from the config: relative ones are relative to the experiment folder; hub ids pass through."""
+        if path is None:
+            return None
+        candidate = self.dir / path
+        return str(candidate.resolve()) if candidate.exists() or path.startswith((".", "/")) else path
+
+    def fingerprint(self) -> dict:
+        """Every setting that changes what training or evaluation computes.
+
+        The run id hashes this with the point's hyperparameters: change any of it and
+        old runs are not reused; change what is not here (budget, encodings, timeout,
+        parallelism) and they are.
+        """
+        def plain(obj):
+            return dataclasses.asdict(obj)
+
+        fp = {
+            "model": {"path": self.resolve(self.model.path), "dtype": self.model.dtype, "revision": self.model.revision},
+            "data": plain(self.data),
+            "lora": plain(self.lora),
+            "train": {k: v for k, v in plain(self.train).items() if k not in ("logging_steps",)},
+            "num_processes": self.launch.num_processes,
+        }
+        fp["data"]["sources"] = [dict(s, path=self.resolve(s["path"])) for s in fp["data"]["sources"]]
+        if self.objective.needs_mmlu:
+            fp["mmlu"] = dict(plain(self.objective.mmlu), data_dir=self.resolve(self.objective.mmlu.data_dir))
+        return fp
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("internal"):
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, SearchSpace) else (
+                dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
+        return out
+
+
+# ---------------------------------------------------------------- loading
+
+def load_config(experiment_dir: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read experiment_dir/experiment.yaml, apply `key=value` overrides, validate."""
+    experiment_dir = Path(experiment_dir)
+    path = experiment_dir / "experiment.yaml" if experiment_dir.is_dir() else experiment_dir
+    if not path.is_file():
+        raise ConfigError(f"no experiment config at {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must be a mapping of keys to values")
+    for item in overrides:
+        apply_override(raw, item)
+    config = from_dict(raw)
+    config.dir = path.parent.resolve()
+    return config
+
+
+def from_dict(raw: dict) -> ExperimentConfig:
+    raw = dict(raw)
+    if "space" not in raw:
+        raise ConfigError("space: missing (the searched hyperparameters)")
+    space = SearchSpace.from_dict(raw.pop("space"))
+    config = _build(ExperimentConfig, dict(raw, space=space), "")
+    config.check()
+    return config
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set raw[a][b] = value for an override `a.b=value` (value parsed as YAML)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=2")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls, data, key):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{key}." if key else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown key (known: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        sub = f"{key}.{name}" if key else name
+        if name in data:
+            values[name] = _convert(hints[name], data[name], sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{sub}: missing (required)")
+    return cls(**values)
+
+
+def _convert(hint, value, key):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if hint is SearchSpace:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"no converter for {hint} at {key}")  # a bug in this file, not in the config
+
+
+def _one_of(key, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def _positive(key, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {value!r}")
