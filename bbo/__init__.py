@@ -1,0 +1,1 @@
+"""Optimiser side: config, search space, NOMAD parameter file, drivers, run store, results."""

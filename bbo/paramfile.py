@@ -1,0 +1,149 @@
+"""The NOMAD parameter file of an experiment, rendered from experiment.yaml, and checked against it.
+
+    python -m bbo paramfile experiments/demo     # (re)write param.txt and bb.sh
+
+param.txt uses standard NOMAD 4.5 keywords only, so a real `nomad param.txt`
+runs it too. BB_EXE is the experiment's own bb.sh (no `$`: NOMAD resolves it
+against the parameter file's folder), which starts `python -m blackbox` for this
+experiment. NOMAD's cache, history and solution files go to <experiment>/nomad/.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bbo.config import ConfigError, ExperimentConfig
+
+NOMAD_DIR = "nomad"
+CACHE_FILE = f"{NOMAD_DIR}/cache.txt"
+HISTORY_FILE = f"{NOMAD_DIR}/history.txt"
+SOLUTION_FILE = f"{NOMAD_DIR}/solution.txt"
+
+# Standard NOMAD 4.5 keywords a parameter file of ours may hold (extra_lines included).
+KNOWN_KEYWORDS = {
+    "DIMENSION", "BB_INPUT_TYPE", "BB_OUTPUT_TYPE", "X0", "LOWER_BOUND", "UPPER_BOUND", "MAX_BB_EVAL", "SEED",
+    "BB_EXE", "BB_MAX_BLOCK_SIZE", "CACHE_FILE", "HISTORY_FILE", "SOLUTION_FILE", "ADD_SEED_TO_FILE_NAMES",
+    "DISPLAY_DEGREE", "DISPLAY_STATS", "DISPLAY_ALL_EVAL", "DISPLAY_INFEASIBLE", "DISPLAY_UNSUCCESSFUL",
+    "STATS_FILE", "LH_SEARCH", "VNS_MADS_SEARCH", "VNS_MADS_SEARCH_TRIGGER", "NM_SEARCH", "QUAD_MODEL_SEARCH",
+    "SGTELIB_MODEL_SEARCH", "SPECULATIVE_SEARCH", "DIRECTION_TYPE", "GRANULARITY", "MIN_MESH_SIZE",
+    "MIN_FRAME_SIZE", "INITIAL_MESH_SIZE", "INITIAL_FRAME_SIZE", "MAX_TIME", "MAX_ITERATIONS", "F_TARGET",
+    "NB_THREADS_PARALLEL_EVAL", "EVAL_OPPORTUNISTIC", "EVAL_QUEUE_SORT", "FIXED_VARIABLE", "H_MAX_0",
+    "MAX_EVAL", "STOP_IF_FEASIBLE", "ANISOTROPIC_MESH", "ORTHO_MESH_REFINE_FREQ", "RHO", "EVAL_USE_CACHE",
+    "CACHE_SIZE_MAX", "BB_EVAL_FORMAT", "SURROGATE_EXE", "DIRECTION_TYPE_SECONDARY_POLL", "NB_THREADS_OPENMP",
+    "MEGA_SEARCH_POLL", "QUAD_MODEL_MAX_EVAL", "NM_SEARCH_MAX_TRIAL_PTS_NFACTOR", "SEED_FOR_SIMPLE_RNG",
+}
+REMOVED_KEYWORDS = {"NB_THREADS_OPENMP": "it no longer exists in NOMAD 4.5 (use BB_MAX_BLOCK_SIZE via launch.parallel)"}
+
+
+def _vector(values) -> str:
+    return "( " + " ".join(_number(v) for v in values) + " )"
+
+
+def _number(v) -> str:
+    if isinstance(v, str):
+        return v
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
+
+
+def render(config: ExperimentConfig) -> str:
+    space = config.space
+    outputs = ["OBJ"] + ["EXTRA_O"] * len(config.objective.extra_outputs)
+    decoded = ", ".join(f"{v.name} {v.kind}" for v in space.searched)
+    lines = [
+        f"# NOMAD parameter file of experiment {config.name!r}, generated from experiment.yaml by",
+        f"#   python -m bbo paramfile {_display_dir(config)}",
+        "# Edit experiment.yaml (nomad.extra_lines for more NOMAD options), not this file.",
+        f"# Variables: {decoded}; outputs: {' '.join(config.objective.outputs)}",
+        f"DIMENSION {space.dimension}",
+        f"BB_INPUT_TYPE ( {' '.join(space.input_types)} )",
+        f"BB_OUTPUT_TYPE {' '.join(outputs)}",
+        f"X0 {_vector(space.x0)}",
+        f"LOWER_BOUND {_vector(space.lower)}",
+        f"UPPER_BOUND {_vector(space.upper)}",
+        f"MAX_BB_EVAL {config.nomad.budget}",
+        f"SEED {config.nomad.seed}",
+        "BB_EXE bb.sh",
+    ]
+    if config.launch.parallel > 1:
+        lines.append(f"BB_MAX_BLOCK_SIZE {config.launch.parallel}")
+    if config.nomad.lh_search:
+        lines.append(f"LH_SEARCH {config.nomad.lh_search[0]} {config.nomad.lh_search[1]}")
+    lines += [
+        f"CACHE_FILE {CACHE_FILE}",
+        f"HISTORY_FILE {HISTORY_FILE}",
+        f"SOLUTION_FILE {SOLUTION_FILE}",
+        "ADD_SEED_TO_FILE_NAMES no",
+        "DISPLAY_DEGREE 2",
+        "DISPLAY_STATS BBE ( SOL ) OBJ",
+    ]
+    lines += list(config.nomad.extra_lines)
+    return "\n".join(lines) + "\n"
+
+
+def render_bb_script(config: ExperimentConfig) -> str:
+    root = os.path.relpath(Path(__file__).resolve().parent.parent, config.dir)
+    return f"""#!/bin/sh
+# NOMAD's BB_EXE for experiment {config.name!r} (written by `python -m bbo paramfile`):
+# evaluates the points of the file "$1" and prints one output line per point.
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/{root}" && pwd)
+python=${{BBO_PYTHON:-python3}}
+if [ -z "$BBO_PYTHON" ] && [ -x "$root/.venv/bin/python" ]; then python="$root/.venv/bin/python"; fi
+PYTHONPATH="$root${{PYTHONPATH:+:$PYTHONPATH}}" exec "$python" -m blackbox --experiment "$here" "$@"
+"""
+
+
+def _display_dir(config) -> str:
+    try:
+        return str(config.dir.relative_to(Path.cwd()))
+    except ValueError:
+        return str(config.dir)
+
+
+def write(config: ExperimentConfig) -> Path:
+    """Write param.txt and bb.sh into the experiment folder."""
+    path = config.dir / "param.txt"
+    path.write_text(render(config))
+    script = config.dir / "bb.sh"
+    script.write_text(render_bb_script(config))
+    script.chmod(0o755)
+    return path
+
+
+def parse(text: str, where: str = "param.txt") -> dict[str, list[str]]:
+    """Keyword -> list of value strings; rejects unknown or removed keywords with a one-line error."""
+    entries = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        keyword, _, value = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword in REMOVED_KEYWORDS:
+            raise ConfigError(f"{where}:{number}: {keyword}: {REMOVED_KEYWORDS[keyword]}")
+        if keyword not in KNOWN_KEYWORDS and keyword != "PROBLEM_DIR":
+            raise ConfigError(f"{where}:{number}: unknown NOMAD keyword {keyword}")
+        entries.setdefault(keyword, []).append(value.strip())
+    return entries
+
+
+def check(config: ExperimentConfig, path: Path | None = None) -> None:
+    """param.txt must say what experiment.yaml says; raises ConfigError naming the first difference."""
+    path = path or config.dir / "param.txt"
+    if not path.exists():
+        raise ConfigError(f"{path}: missing; write it with `python -m bbo paramfile {config.dir}`")
+    found = parse(path.read_text(), str(path))
+    expected = parse(render(config))
+    budget = found.get("MAX_BB_EVAL", ["?"])[-1]
+    if not budget.isdigit():
+        raise ConfigError(f"{path}: MAX_BB_EVAL must be a positive integer, got {budget!r}")
+    for keyword in sorted(set(found) | set(expected)):
+        if _normalize(found.get(keyword)) != _normalize(expected.get(keyword)):
+            raise ConfigError(f"{path}: {keyword} is {found.get(keyword)} but experiment.yaml gives "
+                              f"{expected.get(keyword)}; regenerate with `python -m bbo paramfile {config.dir}`")
+
+
+def _normalize(values):
+    if values is None:
+        return None
+    return [" ".join(v.replace("(", " ( ").replace(")", " ) ").split()) for v in values]

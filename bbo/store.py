@@ -1,0 +1,160 @@
+"""Run folders: the truth about every evaluated point. The only code that writes under runs/.
+
+    experiments/<name>/runs/<run id>/
+        params.json     decoded hyperparameters, NOMAD point, fingerprint of the fixed settings
+        status.json     {"state": "running" | "ok" | "failed", "reason", "error_kind", ...}; written last
+        metrics.json    every measured number (objective, val_loss, mmlu, train_loss, seconds)
+        provenance.json package versions, git commit, host, command
+        train.log, mmlu.log, adapter/
+    experiments/<name>/evaluations.jsonl   one line per answer the blackbox gave (order, cached or not)
+
+A run id is derived from the hyperparameters and the experiment's fixed settings,
+so the same point asked twice, by NOMAD or by hand, maps to the same folder.
+Every file is written atomically (temp file + rename). A lock per run id makes
+two processes asking for the same point train it once; a folder left in state
+"running" by a dead process is detected (its lock is free) and redone.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+STATES = ("running", "ok", "failed")
+
+
+def run_id(hp: dict, fingerprint: dict) -> str:
+    """Readable prefix from validated numbers, then a hash of everything that matters."""
+    blob = json.dumps({"hp": hp, "fixed": fingerprint}, sort_keys=True, default=str)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return f"r{int(hp['rank'])}-a{hp['alpha']:g}-d{hp['dropout']:g}-lr{hp['lr']:.3g}-{digest}"
+
+
+def write_json(path: Path, data) -> None:
+    """Atomic: readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path):
+    """The parsed file, or None if it is missing or not valid JSON (a crash can leave either)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class RunStore:
+    def __init__(self, experiment_dir: str | Path):
+        self.experiment_dir = Path(experiment_dir)
+        self.root = self.experiment_dir / "runs"
+        self.index_path = self.experiment_dir / "evaluations.jsonl"
+
+    def run_dir(self, rid: str) -> Path:
+        return self.root / rid
+
+    @contextmanager
+    def lock(self, rid: str):
+        """Exclusive per run id, across processes; released by the kernel if the holder dies."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".{rid}.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def status(self, rid: str) -> dict | None:
+        return read_json(self.run_dir(rid) / "status.json")
+
+    def finished(self, rid: str) -> dict | None:
+        """The stored outcome of a run that ended (ok or failed), or None.
+
+        An "ok" run needs a readable metrics.json too; anything else (no status, state
+        "running" while we hold the lock, garbage files) is an incomplete run.
+        """
+        status = self.status(rid)
+        if not status or status.get("state") not in ("ok", "failed"):
+            return None
+        if status["state"] == "ok" and not isinstance(read_json(self.run_dir(rid) / "metrics.json"), dict):
+            return None
+        return status
+
+    def begin(self, rid: str, params: dict) -> Path:
+        """Start (or restart) a run: call with the lock held. Moves aside any incomplete attempt."""
+        run_dir = self.run_dir(rid)
+        attempt = 1
+        old = self.status(rid)
+        if run_dir.exists():
+            attempt = (old or {}).get("attempt", 0) + 1
+            aside = self.root / "_incomplete" / f"{rid}.{attempt - 1}.{int(time.time())}"
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(run_dir), str(aside))
+        run_dir.mkdir(parents=True)
+        write_json(run_dir / "params.json", params)
+        previous = (old or {}).get("state")
+        write_json(run_dir / "status.json", {
+            "state": "running", "attempt": attempt,
+            "previous": "interrupted" if previous == "running" else previous,
+            "started": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+        })
+        return run_dir
+
+    def finish(self, rid: str, state: str, *, metrics: dict | None = None,
+               reason: str | None = None, error_kind: str | None = None, log_tail: str | None = None) -> dict:
+        """Record the outcome: metrics first, status last, so "ok" always has its metrics."""
+        if state not in ("ok", "failed"):
+            raise ValueError(f"finish: state must be ok or failed, got {state}")
+        run_dir = self.run_dir(rid)
+        if metrics is not None:
+            write_json(run_dir / "metrics.json", metrics)
+        status = dict(self.status(rid) or {})
+        status.update(state=state, finished=time.time(), reason=reason, error_kind=error_kind)
+        if log_tail:
+            status["log_tail"] = log_tail
+        write_json(run_dir / "status.json", status)
+        return status
+
+    def metrics(self, rid: str) -> dict | None:
+        return read_json(self.run_dir(rid) / "metrics.json")
+
+    def record(self, entry: dict) -> int:
+        """Append one answer to evaluations.jsonl under a lock; returns its 1-based order."""
+        self.experiment_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.experiment_dir / ".evaluations.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            n = len(self.evaluations()) + 1
+            with open(self.index_path, "a") as f:
+                f.write(json.dumps(dict(entry, n=n), default=str) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        return n
+
+    def evaluations(self) -> list[dict]:
+        """Every answer so far, in order; a torn last line (crash mid-write) is skipped."""
+        if not self.index_path.exists():
+            return []
+        out = []
+        for line in self.index_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def run_ids(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))

@@ -1,0 +1,121 @@
+"""The blackbox NOMAD calls, and the way to evaluate one point by hand.
+
+    # as NOMAD runs it (BB_EXE in param.txt); the file holds one point per line
+    python -m blackbox --experiment experiments/demo /tmp/points.txt
+
+    # by hand, in hyperparameter units (unset ones take the space's fixed value or x0)
+    python -m blackbox --experiment experiments/demo --rank 8 --alpha 16 --dropout 0.05 --lr 3e-4
+
+stdout gets one line per point, the outputs in BB_OUTPUT_TYPE order (objective
+first), or FAILED for a point whose evaluation failed. Exit status: 0 if at least
+one point was evaluated, 1 if every point failed, 2 for bad input (nothing is run).
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from bbo.config import ConfigError, load_config
+from bbo.space import PointError, check_hyperparameters
+
+
+def read_points(path: str, space) -> list[tuple[dict, list]]:
+    """Parse and validate a NOMAD point file: every line, before anything is trained."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise PointError(f"cannot read point file {path}: {e.strerror}") from None
+    lines = [line.replace("(", " ").replace(")", " ").split() for line in text.splitlines()]
+    lines = [tokens for tokens in lines if tokens]
+    if not lines:
+        raise PointError(f"point file {path} is empty")
+    points = []
+    for i, tokens in enumerate(lines, 1):
+        try:
+            coords = space.parse_point(tokens)
+        except PointError as e:
+            raise PointError(f"point file {path}, line {i}: {e}") from None
+        points.append((space.decode(coords), coords))
+    return points
+
+
+def hand_point(args, space) -> tuple[dict, list | None]:
+    """Hyperparameters given as flags; unset ones default to the space's fixed value or X0."""
+    x0 = space.decode(space.x0)
+    given = {name: getattr(args, name) for name in ("rank", "alpha", "dropout", "lr")}
+    hp = check_hyperparameters({k: (v if v is not None else x0[k]) for k, v in given.items()})
+    return hp, space.encode(hp)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m blackbox", description=__doc__.split("\n\n")[0])
+    p.add_argument("pointfile", nargs="?", help="NOMAD point file (one point per line)")
+    p.add_argument("--experiment", "-e", required=True, help="experiment folder (holds experiment.yaml)")
+    p.add_argument("--rank", type=float)
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set train.epochs=1 (changes the run id)")
+    p.add_argument("--retry-failed", action="store_true", help="train again points whose stored run failed")
+    p.add_argument("--verbose", "-v", action="store_true", help="print the metrics of each point on stderr")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from blackbox.evaluate import evaluate_block, kill_children
+
+    try:
+        config = load_config(args.experiment, args.set)
+        hand = any(getattr(args, n) is not None for n in ("rank", "alpha", "dropout", "lr"))
+        if args.pointfile and hand:
+            raise PointError("give a point file or --rank/--alpha/--dropout/--lr, not both")
+        points = read_points(args.pointfile, config.space) if args.pointfile else [hand_point(args, config.space)]
+        _check_inputs_exist(config)
+    except (ConfigError, PointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    def stop(signum, frame):  # NOMAD or the user stopped us: take the training down too
+        kill_children()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    outcomes = evaluate_block(config, points, source="nomad" if args.pointfile else "hand",
+                              retry_failed=args.retry_failed)
+    for outcome in outcomes:
+        print(outcome.line(), flush=True)
+        if args.verbose or not args.pointfile:
+            _explain(outcome, config)
+    return 0 if any(o.state == "ok" for o in outcomes) else 1
+
+
+def _check_inputs_exist(config) -> None:
+    """Local model and data paths must exist before a run folder is made for them."""
+    from blackbox.data import is_local
+
+    checks = [("model.path", config.model.path)] + [
+        (f"data.sources[{i}].path", s.path) for i, s in enumerate(config.data.sources)]
+    if config.objective.needs_mmlu and config.objective.mmlu.data_dir:
+        checks.append(("objective.mmlu.data_dir", config.objective.mmlu.data_dir))
+    for key, path in checks:
+        resolved = config.resolve(path)
+        if is_local(path) and not Path(resolved).exists():
+            raise ConfigError(f"{key}: {resolved} does not exist")
+
+
+def _explain(outcome, config) -> None:
+    print(f"run: {config.dir / 'runs' / outcome.run_id}", file=sys.stderr)
+    if outcome.state == "ok":
+        shown = {k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
+        print("  " + "  ".join(f"{k}={v:.6g}" for k, v in shown.items()), file=sys.stderr)
+    else:
+        print(f"  failed: {outcome.reason}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Validation loss: mean cross-entropy per response token over the held-out split.
+
+Token-weighted (not a mean of batch means), exact under DDP: each process sums
+over its own shard and the sums are all-reduced. Training calls
+`validation_loss` at its end; recompute a stored run's number from its folder with
+
+    python -m eval.loss experiments/demo/runs/<run id>
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+@torch.no_grad()
+def validation_loss(model, dataset, collator, batch_size: int) -> dict:
+    """{"val_loss", "val_tokens"}; every process must call it (it all-reduces when distributed)."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of token losses, token count]
+    indices = list(range(rank, len(dataset), world))
+    for start in range(0, len(indices), batch_size):
+        batch = collator([dataset[i] for i in indices[start:start + batch_size]])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        logits = model(**batch).logits.float()
+        shifted = labels[:, 1:]  # position t predicts token t+1
+        losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), shifted.reshape(-1),
+                                 ignore_index=IGNORE_INDEX, reduction="sum")
+        total += torch.stack([losses.double(), (shifted != IGNORE_INDEX).sum().double()])
+    if distributed:
+        torch.distributed.all_reduce(total)
+    if was_training:
+        model.train()
+    loss_sum, tokens = total.tolist()
+    return {"val_loss": loss_sum / tokens if tokens else math.nan, "val_tokens": int(tokens)}
+
+
+def main(argv=None) -> int:
+    """Recompute a run's validation loss from its folder (base model + adapter + the experiment's data)."""
+    from pathlib import Path
+
+    from blackbox.train import load_for_eval
+
+    run_dir = Path((argv or sys.argv[1:])[0])
+    model, val_set, collator, spec = load_for_eval(run_dir)
+    result = validation_loss(model, val_set, collator, spec["train"]["per_device_batch_size"])
+    print(f"{result['val_loss']:.6f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""MMLU accuracy of a base model plus optional LoRA adapter, through lm-eval, offline.
+
+    python -m eval.mmlu --model PATH [--adapter PATH] [--task mmlu_local] [--data-dir DIR] \
+        [--num-fewshot 5] [--limit N] [--batch-size 8] [--dtype float32] [--device cpu] [--out metrics.json]
+
+task="mmlu_local" (default) reads `data_dir/dev.jsonl` (few-shot examples) and
+`data_dir/test.jsonl`, one cais/mmlu-style object per line
+({"subject", "question", "choices": [4 strings], "answer": 0..3}), with the stock
+MMLU prompt (see eval/tasks/mmlu_local/_mmlu_local_template_yaml). Because the
+data folder is only known at call time, one task YAML per subject plus a group
+YAML are written to a temporary (or the given work) folder and handed to lm-eval
+as its include path; the stock task index is not loaded, so nothing needs the hub.
+
+task="mmlu" runs the stock lm-eval task, which downloads cais/mmlu from the hub.
+
+Both return {"mmlu": acc, "mmlu_stderr", "mmlu_subjects": {subject: acc},
+"mmlu_n": examples scored, "lm_eval_version"}; "mmlu" is the mean over all scored
+examples (subjects weighted by size), as lm-eval's stock group reports it.
+lm-eval is imported inside the function: the orchestrator imports this module
+and must stay light.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+TASKS = ("mmlu_local", "mmlu")
+TEMPLATE = Path(__file__).resolve().parent / "tasks" / "mmlu_local" / "_mmlu_local_template_yaml"
+_SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def evaluate_mmlu(model_path: str, adapter_path: str | None, *, task: str = "mmlu_local", data_dir: str | None = None,
+                  num_fewshot: int = 5, limit: int | None = None, batch_size: int = 8, dtype: str = "float32",
+                  device: str = "cpu", trust_remote_code: bool = False, work_dir: str | None = None) -> dict:
+    """returns {"mmlu": float acc in [0,1], "mmlu_stderr": float|None, "mmlu_subjects": {subject: acc}, "mmlu_n": int, "lm_eval_version": str}
+
+    `limit` caps the examples per subject. ValueError for bad arguments or data.
+    """
+    summary, _ = _evaluate(model_path, adapter_path, task=task, data_dir=data_dir, num_fewshot=num_fewshot,
+                           limit=limit, batch_size=batch_size, dtype=dtype, device=device,
+                           trust_remote_code=trust_remote_code, work_dir=work_dir, log_samples=False)
+    return summary
+
+
+def _evaluate(model_path, adapter_path, *, task, data_dir, num_fewshot, limit, batch_size, dtype, device,
+              trust_remote_code, work_dir, log_samples) -> tuple[dict, dict]:
+    """(summary, raw lm-eval results); tests use log_samples=True to see per-example log-likelihoods."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    if not isinstance(num_fewshot, int) or num_fewshot < 0:
+        raise ValueError(f"num_fewshot must be an integer >= 0, got {num_fewshot!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    subjects = validate_data(data_dir, num_fewshot) if task == "mmlu_local" else None
+
+    with tempfile.TemporaryDirectory(prefix="mmlu_tasks_") as tmp:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+
+        if task == "mmlu_local":
+            tasks_dir = Path(work_dir) / "mmlu_local_tasks" if work_dir else Path(tmp)
+            write_task_yamls(tasks_dir, data_dir, subjects, num_fewshot)
+            task_manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
+            fewshot_arg = None  # set in each YAML; passing it would log an override warning per subject
+        else:
+            task_manager = TaskManager()
+            fewshot_arg = num_fewshot
+
+        model_args = {"pretrained": model_path, "dtype": dtype, "trust_remote_code": trust_remote_code}
+        if adapter_path:
+            model_args["peft"] = adapter_path
+        raw = lm_eval.simple_evaluate(
+            model="hf", model_args=model_args, tasks=[task], num_fewshot=fewshot_arg, limit=limit,
+            batch_size=batch_size, device=device, task_manager=task_manager, log_samples=log_samples,
+        )
+    return summarize(raw, task, lm_eval.__version__), raw
+
+
+def validate_data(data_dir: str | None, num_fewshot: int) -> list[str]:
+    """Check the local JSONL files up front, so bad data fails with one clear line, not deep in lm-eval.
+
+    Returns the sorted subjects of test.jsonl.
+    """
+    if not data_dir:
+        raise ValueError("task 'mmlu_local' needs data_dir (a folder with dev.jsonl and test.jsonl)")
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise ValueError(f"data_dir {str(folder)!r} is not a directory")
+    counts = {}
+    for split in ("dev", "test"):
+        path = folder / f"{split}.jsonl"
+        if not path.is_file():
+            raise ValueError(f"missing {path}")
+        counts[split] = {}
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+                subject = _check_row(row, where)
+                counts[split][subject] = counts[split].get(subject, 0) + 1
+    if not counts["test"]:
+        raise ValueError(f"{folder / 'test.jsonl'} has no rows")
+    subjects = sorted(counts["test"])
+    for subject in subjects:
+        have = counts["dev"].get(subject, 0)
+        if have < num_fewshot:
+            raise ValueError(f"subject {subject!r} has {have} dev examples, fewer than num_fewshot={num_fewshot}")
+    return subjects
+
+
+def _check_row(row, where: str) -> str:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    missing = [k for k in ("subject", "question", "choices", "answer") if k not in row]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
+    subject = row["subject"]
+    if not isinstance(subject, str) or not _SUBJECT_RE.match(subject):
+        raise ValueError(f"{where}: subject must be a non-empty name of letters, digits, '_' or '-', got {subject!r}")
+    if not isinstance(row["question"], str):
+        raise ValueError(f"{where}: question must be a string")
+    choices = row["choices"]
+    if not isinstance(choices, list) or len(choices) != 4 or not all(isinstance(c, str) for c in choices):
+        raise ValueError(f"{where}: choices must be a list of 4 strings")
+    answer = row["answer"]
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer <= 3:
+        raise ValueError(f"{where}: answer must be an integer in 0..3, got {answer!r}")
+    return subject
+
+
+def write_task_yamls(tasks_dir: Path, data_dir: str, subjects: list[str], num_fewshot: int) -> None:
+    """One task per subject (including the committed template) and the group `mmlu_local` over them."""
+    import yaml
+
+    if tasks_dir.exists():
+        shutil.rmtree(tasks_dir)  # stale subjects from an earlier call would still be indexed
+    tasks_dir.mkdir(parents=True)
+    data_dir = str(Path(data_dir).resolve())
+    names = []
+    for subject in subjects:
+        name = f"mmlu_local_{subject}"
+        names.append(name)
+        config = {
+            "include": str(TEMPLATE),
+            "task": name,
+            "task_alias": subject,
+            "description": f"The following are multiple choice questions (with answers) about "
+                           f"{subject.replace('_', ' ')}.\n\n",
+            "dataset_kwargs": {"data_dir": data_dir, "subject": subject},
+            "num_fewshot": num_fewshot,
+        }
+        (tasks_dir / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    group = {
+        "group": "mmlu_local",
+        "task": names,
+        "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}],
+        "metadata": {"version": 1},
+    }
+    (tasks_dir / "_mmlu_local.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
+
+
+def summarize(raw: dict, task: str, version: str) -> dict:
+    """Reduce lm-eval's results to the project's metric dict.
+
+    Subjects are the leaf tasks under the group (the stock task nests them under
+    stem/humanities/...); their names lose the `mmlu_` / `mmlu_local_` prefix.
+    """
+    groups = raw.get("group_subtasks", {})
+    leaves = [name for name in raw["results"] if name != task and name not in groups]
+    prefix = f"{task}_"
+    subjects = {name[len(prefix):] if name.startswith(prefix) else name: float(raw["results"][name]["acc,none"])
+                for name in sorted(leaves)}
+    n = sum(int(raw["n-samples"][name]["effective"]) for name in leaves)
+    group = raw["results"][task]
+    return {
+        "mmlu": float(group["acc,none"]),
+        "mmlu_stderr": _number_or_none(group.get("acc_stderr,none")),
+        "mmlu_subjects": subjects,
+        "mmlu_n": n,
+        "lm_eval_version": version,
+    }
+
+
+def _number_or_none(value) -> float | None:
+    # lm-eval writes "N/A" where it could not compute a stderr
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.mmlu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="base model folder (or hub id)")
+    parser.add_argument("--adapter", default=None, help="PEFT/LoRA adapter folder")
+    parser.add_argument("--task", default="mmlu_local", choices=TASKS)
+    parser.add_argument("--data-dir", default=None, help="folder with dev.jsonl and test.jsonl (mmlu_local)")
+    parser.add_argument("--num-fewshot", type=int, default=5)
+    parser.add_argument("--limit", type=int, default=None, help="max examples per subject")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--work-dir", default=None, help="where to write the generated task YAMLs (default: temp)")
+    parser.add_argument("--out", default=None, help="also write the result JSON here")
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate_mmlu(args.model, args.adapter, task=args.task, data_dir=args.data_dir,
+                               num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
+                               dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+                               work_dir=args.work_dir)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
