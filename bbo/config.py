@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from bbo.space import SearchSpace
+from bbo.space import SearchSpace, SpaceError
 
 
 class ConfigError(ValueError):
@@ -285,7 +285,10 @@ def from_dict(raw: dict) -> ExperimentConfig:
     raw = dict(raw)
     if "space" not in raw:
         raise ConfigError("space: missing (the searched hyperparameters)")
-    space = SearchSpace.from_dict(raw.pop("space"))
+    try:
+        space = SearchSpace.from_dict(raw.pop("space"))
+    except SpaceError as e:
+        raise ConfigError(str(e)) from None
     config = _build(ExperimentConfig, dict(raw, space=space), "")
     config.check()
     return config

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import re
 import shutil
@@ -72,13 +73,18 @@ def _evaluate(model_path, adapter_path, *, task, data_dir, num_fewshot, limit, b
             task_manager = TaskManager()
             fewshot_arg = num_fewshot
 
+        hint_filter = _DropLogLines("Custom kwargs can be passed")  # one warning per subject; our kwargs are in the YAML
+        logging.getLogger("lm_eval.api.task").addFilter(hint_filter)
         model_args = {"pretrained": model_path, "dtype": dtype, "trust_remote_code": trust_remote_code}
         if adapter_path:
             model_args["peft"] = adapter_path
-        raw = lm_eval.simple_evaluate(
-            model="hf", model_args=model_args, tasks=[task], num_fewshot=fewshot_arg, limit=limit,
-            batch_size=batch_size, device=device, task_manager=task_manager, log_samples=log_samples,
-        )
+        try:
+            raw = lm_eval.simple_evaluate(
+                model="hf", model_args=model_args, tasks=[task], num_fewshot=fewshot_arg, limit=limit,
+                batch_size=batch_size, device=device, task_manager=task_manager, log_samples=log_samples,
+            )
+        finally:
+            logging.getLogger("lm_eval.api.task").removeFilter(hint_filter)
     return summarize(raw, task, lm_eval.__version__), raw
 
 
@@ -175,9 +181,9 @@ def summarize(raw: dict, task: str, version: str) -> dict:
 
     Subjects are the leaf tasks under the group (the stock task nests them under
     stem/humanities/...); their names lose the `mmlu_` / `mmlu_local_` prefix.
+    `raw` needs only "results" and "n-samples".
     """
-    groups = raw.get("group_subtasks", {})
-    leaves = [name for name in raw["results"] if name != task and name not in groups]
+    leaves = list(raw["n-samples"])  # only tasks, not groups, have sample counts
     prefix = f"{task}_"
     subjects = {name[len(prefix):] if name.startswith(prefix) else name: float(raw["results"][name]["acc,none"])
                 for name in sorted(leaves)}
@@ -190,6 +196,17 @@ def summarize(raw: dict, task: str, version: str) -> dict:
         "mmlu_n": n,
         "lm_eval_version": version,
     }
+
+
+class _DropLogLines(logging.Filter):
+    """Drops log records containing a fixed text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def _number_or_none(value) -> float | None:

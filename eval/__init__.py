@@ -1,0 +1,1 @@
+"""Evaluation of trained runs: validation loss and MMLU accuracy."""

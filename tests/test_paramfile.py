@@ -1,0 +1,52 @@
+"""param.txt: consistent with experiment.yaml, standard keywords, rejected when it drifts."""
+from pathlib import Path
+
+import pytest
+
+from bbo import paramfile
+from bbo.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ["demo", "llama2-7b-mmlu", "llama2-7b-valloss", "llama2-7b-bbo3"])
+def test_committed_param_files_match_their_config(name):
+    config = load_config(REPO / "experiments" / name)
+    assert (config.dir / "param.txt").read_text() == paramfile.render(config)
+    assert (config.dir / "bb.sh").read_text() == paramfile.render_bb_script(config)
+    paramfile.check(config)
+
+
+def test_bbo3_param_file_says_what_the_original_said():
+    entries = paramfile.parse((REPO / "experiments" / "llama2-7b-bbo3" / "param.txt").read_text())
+    original = paramfile.parse((REPO.parent / "shared" / "data" / "original-bbo3" / "param.txt").read_text()
+                               .replace("NB_THREADS_OPENMP 1", "")) if (REPO.parent / "shared").exists() else None
+    assert entries["X0"] == ["( 2 8 1 )"] and entries["UPPER_BOUND"] == ["( 5 64 5 )"]
+    assert entries["BB_OUTPUT_TYPE"] == ["OBJ EXTRA_O EXTRA_O EXTRA_O"]
+    if original:
+        for key in ("DIMENSION", "BB_INPUT_TYPE", "MAX_BB_EVAL"):
+            assert paramfile._normalize(entries[key]) == paramfile._normalize(original[key])
+
+
+def test_drift_and_bad_keywords_are_errors(tmp_path):
+    config = load_config(REPO / "experiments" / "demo")
+    path = tmp_path / "param.txt"
+    path.write_text(paramfile.render(config).replace("MAX_BB_EVAL 10", "MAX_BB_EVAL 11"))
+    with pytest.raises(ConfigError, match="MAX_BB_EVAL is"):
+        paramfile.check(config, path)
+    path.write_text(paramfile.render(config) + "MAX_BB_EVALS 3\n")
+    with pytest.raises(ConfigError, match="unknown NOMAD keyword MAX_BB_EVALS"):
+        paramfile.check(config, path)
+    path.write_text(paramfile.render(config) + "NB_THREADS_OPENMP 4\n")
+    with pytest.raises(ConfigError, match="no longer exists"):
+        paramfile.check(config, path)
+    path.write_text(paramfile.render(config).replace("MAX_BB_EVAL 10", "MAX_BB_EVAL abc"))
+    with pytest.raises(ConfigError, match="MAX_BB_EVAL must be a positive integer"):
+        paramfile.check(config, path)
+
+
+def test_parallel_and_search_options_reach_the_file(tmp_path):
+    config = load_config(REPO / "experiments" / "demo", ["launch.parallel=4", "nomad.lh_search=[5,0]",
+                                                         "nomad.extra_lines=[VNS_MADS_SEARCH yes]"])
+    text = paramfile.render(config)
+    assert "BB_MAX_BLOCK_SIZE 4" in text and "LH_SEARCH 5 0" in text and "VNS_MADS_SEARCH yes" in text
