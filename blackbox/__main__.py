@@ -45,6 +45,9 @@ def hand_point(args, space) -> tuple[dict, list | None]:
     """Hyperparameters given as flags; unset ones default to the space's fixed value or X0."""
     x0 = space.decode(space.x0)
     given = {name: getattr(args, name) for name in ("rank", "alpha", "dropout", "lr")}
+    alpha = next(v for v in space.variables if v.name == "alpha")
+    if given["alpha"] is None and alpha.kind == "times_rank" and given["rank"] is not None:
+        given["alpha"] = alpha.x0 * given["rank"]  # keep X0's alpha/rank ratio, as NOMAD's encoding does
     hp = check_hyperparameters({k: (v if v is not None else x0[k]) for k, v in given.items()})
     return hp, space.encode(hp)
 

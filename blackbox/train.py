@@ -66,9 +66,13 @@ def _setup_model(spec: dict, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     model = spec["model"]
-    return AutoModelForCausalLM.from_pretrained(
+    loaded = AutoModelForCausalLM.from_pretrained(
         model["path"], revision=model["revision"], dtype=dtype,
         attn_implementation=model["attn_implementation"], trust_remote_code=model["trust_remote_code"])
+    # No KV cache: with one, transformers skips its packed-sequence detection and packed examples
+    # would attend to each other (measured: a different loss than the same examples padded).
+    loaded.config.use_cache = False
+    return loaded
 
 
 def _setup_lora(model, spec: dict):

@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.mmlu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="base model folder (or hub id)")
     parser.add_argument("--adapter", default=None, help="PEFT/LoRA adapter folder")
-    parser.add_argument("--task", default="mmlu_local", choices=TASKS)
+    parser.add_argument("--task", default="mmlu_local", help=" or ".join(TASKS))
     parser.add_argument("--data-dir", default=None, help="folder with dev.jsonl and test.jsonl (mmlu_local)")
     parser.add_argument("--num-fewshot", type=int, default=5)
     parser.add_argument("--limit", type=int, default=None, help="max examples per subject")

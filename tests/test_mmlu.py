@@ -18,10 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
+def assets():
     from fixtures import make_assets
 
-    return make_assets(str(tmp_path_factory.mktemp("assets")))
+    return make_assets(log=None)  # cached in .cache/demo: ~20 s the first time only
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test suite: set up .venv if needed, then run pytest offline (slow checks: ./test.sh -m slow).
+#   ./test.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+if [ $# -eq 0 ]; then set -- -m "not slow"; fi
+exec .venv/bin/python -m pytest -q "$@"
