@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from bbo.config import ConfigError, load_config
 
@@ -47,16 +48,14 @@ def cmd_run(args) -> int:
 
     config = load_config(args.experiment, args.overrides)
     _check_inputs(config)
-    param_path = config.dir / "param.txt"
-    if args.overrides or not param_path.exists():
-        paramfile.write(config)  # overrides change what NOMAD must see: the file follows the config
-    else:
-        paramfile.check(config)
-    cmd = [sys.executable, "-m", "bbo.nomad", str(param_path), "--resume"]
+    paramfile.write(load_config(args.experiment))  # the generated file follows experiment.yaml
+    # The overrides travel in the environment: NOMAD's child and every blackbox it starts read them.
+    env = dict(os.environ, BBO_OVERRIDES=json.dumps(list(args.overrides)))
+    cmd = [sys.executable, "-m", "bbo.nomad", "--experiment", str(config.dir), "--resume"]
     print(f"NOMAD search: {config.name}, budget {config.nomad.budget}, "
           f"{config.space.dimension} variables ({' '.join(config.space.names())}); runs in {config.dir / 'runs'}",
           flush=True)
-    proc = subprocess.Popen(cmd, cwd=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen(cmd, env=env)
     try:
         rc = proc.wait()
     except KeyboardInterrupt:

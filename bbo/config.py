@@ -11,6 +11,8 @@ are parsed as YAML scalars (`train.lr_scheduler=linear`, `launch.num_processes=2
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -261,6 +263,21 @@ class ExperimentConfig:
 
 
 # ---------------------------------------------------------------- loading
+
+def env_overrides() -> list[str]:
+    """Overrides handed down by `python -m bbo run` (JSON list in BBO_OVERRIDES), so the
+    blackbox processes NOMAD starts see the same config as the command that started NOMAD."""
+    text = os.environ.get("BBO_OVERRIDES", "").strip()
+    if not text:
+        return []
+    try:
+        items = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"BBO_OVERRIDES: not a JSON list of key=value strings: {text!r}") from None
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(f"BBO_OVERRIDES: not a JSON list of key=value strings: {text!r}")
+    return items
+
 
 def load_config(experiment_dir: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     """Read experiment_dir/experiment.yaml, apply `key=value` overrides, validate."""

@@ -1,71 +1,101 @@
 """NOMAD's batch mode, as the `nomad` executable runs it, for a parameter file of this project.
 
     python -m bbo.nomad experiments/demo/param.txt
+    python -m bbo.nomad --experiment experiments/demo --resume     # what `python -m bbo run` starts
 
 PyNomadBBO ships no `nomad` binary; `PyNomad.optimizeWithMainStep` is its batch
 mode and, with PROBLEM_DIR set to the parameter file's folder, behaves like
 `nomad param.txt` (BB_EXE, CACHE_FILE, HISTORY_FILE resolved against that folder).
-When an experiment.yaml sits beside the file, the two must agree.
+When an experiment.yaml sits beside the file, the two must agree. With
+--experiment the lines are rendered from experiment.yaml plus the overrides in
+BBO_OVERRIDES (the blackbox reads the same variable, so both see one config).
 --resume makes MAX_BB_EVAL count the evaluations already in CACHE_FILE, so a
 search stopped half-way and started again ends where an unstopped one would.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import shutil
 import sys
+import time
 from pathlib import Path
 
-from bbo.config import ConfigError, load_config
+from bbo.config import ConfigError, env_overrides, load_config
 from bbo.nomadfiles import read_cache
-from bbo.paramfile import check, parse
+from bbo.paramfile import NOMAD_DIR, check, parse, render
 
 
-def prepare_lines(param_path: Path, resume: bool = False) -> list[str] | None:
+def prepare_lines(text: str, folder: Path, resume: bool = False, where: str = "param.txt") -> list[str] | None:
     """The parameter lines to hand NOMAD; None when --resume finds the budget already spent."""
-    text = param_path.read_text()
-    entries = parse(text, str(param_path))
-    folder = param_path.resolve().parent
-    if (folder / "experiment.yaml").exists():
-        check(load_config(folder), param_path)
+    entries = parse(text, where)
     for keyword in ("MAX_BB_EVAL", "DIMENSION", "SEED", "BB_MAX_BLOCK_SIZE"):
         for value in entries.get(keyword, []):
             if not value.lstrip("-").isdigit():
-                raise ConfigError(f"{param_path}: {keyword} must be an integer, got {value!r}")
+                raise ConfigError(f"{where}: {keyword} must be an integer, got {value!r}")
     if "BB_EXE" not in entries:
-        raise ConfigError(f"{param_path}: BB_EXE is missing")
+        raise ConfigError(f"{where}: BB_EXE is missing")
     for keyword in ("CACHE_FILE", "HISTORY_FILE", "SOLUTION_FILE", "STATS_FILE"):
         for value in entries.get(keyword, []):
             (folder / value.split()[0]).parent.mkdir(parents=True, exist_ok=True)
     lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
-    if resume and "CACHE_FILE" in entries:
+    if resume and "CACHE_FILE" in entries and "MAX_BB_EVAL" in entries:
         done = len(read_cache(folder / entries["CACHE_FILE"][-1].split()[0]))
-        budget = int(entries["MAX_BB_EVAL"][-1]) - done if "MAX_BB_EVAL" in entries else None
-        if budget is not None:
-            if budget <= 0:
-                return None
-            lines = [line for line in lines if not line.upper().startswith("MAX_BB_EVAL")]
-            lines.append(f"MAX_BB_EVAL {budget}")
-    lines.append(f"PROBLEM_DIR {folder}/")
-    return lines
+        budget = int(entries["MAX_BB_EVAL"][-1]) - done
+        if budget <= 0:
+            return None
+        lines = [line for line in lines if not line.upper().startswith("MAX_BB_EVAL")] + [f"MAX_BB_EVAL {budget}"]
+    return lines + [f"PROBLEM_DIR {folder}/"]
+
+
+def rotate_stale_nomad_files(config) -> None:
+    """NOMAD's cache is only valid for one problem: when the settings that shape the answers
+    change, set the old files aside (the run folders stay the truth and are reused where they match)."""
+    blob = json.dumps({"fixed": config.fingerprint(), "space": config.space.to_dict(),
+                       "outputs": config.objective.outputs, "metric": config.objective.metric},
+                      sort_keys=True, default=str)
+    signature = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    folder = config.dir / NOMAD_DIR
+    stamp = folder / "problem.sha256"
+    if folder.exists() and any(folder.iterdir()) and (not stamp.exists() or stamp.read_text().strip() != signature):
+        aside = config.dir / f"{NOMAD_DIR}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(str(folder), str(aside))
+        print(f"note: the problem changed since NOMAD's files were written; moved them to {aside.name}",
+              file=sys.stderr)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(signature + "\n")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bbo.nomad", description="NOMAD 4 batch mode on a parameter file")
-    p.add_argument("param_file")
+    p.add_argument("param_file", nargs="?")
+    p.add_argument("--experiment", help="render the parameters from this experiment's config instead")
     p.add_argument("--resume", action="store_true", help="count evaluations already in CACHE_FILE in the budget")
     args = p.parse_args(argv)
-    param_path = Path(args.param_file)
-    if not param_path.is_file():
-        print(f"error: no parameter file {param_path}", file=sys.stderr)
-        return 2
     try:
-        lines = prepare_lines(param_path, args.resume)
+        if args.experiment:
+            config = load_config(args.experiment, env_overrides())
+            folder, text, where = config.dir, render(config), f"{config.dir}/experiment.yaml"
+            rotate_stale_nomad_files(config)
+        elif args.param_file:
+            path = Path(args.param_file)
+            if not path.is_file():
+                raise ConfigError(f"no parameter file {path}")
+            folder, text, where = path.resolve().parent, path.read_text(), str(path)
+            if (folder / "experiment.yaml").exists():
+                config = load_config(folder, env_overrides())
+                check(config, path)
+                rotate_stale_nomad_files(config)
+        else:
+            raise ConfigError("give a parameter file or --experiment DIR")
+        lines = prepare_lines(text, folder, args.resume, where)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if lines is None:
-        print("budget already spent: nothing to evaluate", file=sys.stderr)
+        print("budget already spent: nothing left to evaluate", file=sys.stderr)
         return 0
     import PyNomad
 

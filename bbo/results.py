@@ -385,8 +385,10 @@ def table_text(df: pd.DataFrame, top: int | None = None) -> str:
         cols = [c for c in cols if c not in HP]
         at = cols.index("status") + 1 if "status" in cols else 0
         cols[at:at] = _coordinate_columns(rows)
+    elif _coordinate_columns(rows):  # NOMAD's coordinates in one compact column
+        cols.insert(cols.index("status") + 1 if "status" in cols else 0, "point")
     cols += [c for c in rows.columns if c.startswith("extra_")]
-    out = rows[cols].copy()
+    out = rows.assign(point=_point_text(rows))[cols].copy() if "point" in cols else rows[cols].copy()
     if "reason" in out:
         out["reason"] = out["reason"].map(lambda r: "" if not isinstance(r, str) else (r if len(r) <= 40 else r[:37] + "..."))
     if "run_id" in out:
@@ -405,6 +407,12 @@ def table_text(df: pd.DataFrame, top: int | None = None) -> str:
             out[col] = out[col].map(lambda v: "" if _missing(v) else str(v))
     out = out.rename(columns={"objective": objective_label(df.attrs.get("metric"))})
     return out.to_string(index=False)
+
+
+def _point_text(df: pd.DataFrame) -> pd.Series:
+    coords = _coordinate_columns(df)
+    return df[coords].apply(lambda r: " ".join("" if _missing(v) else f"{v:g}" if isinstance(v, float) else str(v)
+                                               for v in r).strip(), axis=1)
 
 
 def _missing(v) -> bool:
@@ -442,6 +450,7 @@ def summary_text(df: pd.DataFrame, config: ExperimentConfig | None = None) -> st
     elif start["status"] != "ok" or _missing(start["objective"]):
         lines.append(f"X0: {describe_point(start)} -> {start['status']}")
     else:
+        lines.append(f"X0: {describe_point(start)} -> {label} {start['objective']:.6g}")
         diff = top["objective"] - start["objective"]
         rel = diff / abs(start["objective"]) * 100 if start["objective"] else float("nan")
         lines.append(f"X0 vs best: {start['objective']:.6g} -> {top['objective']:.6g} "

@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bbo.config import ConfigError, load_config
+from bbo.config import ConfigError, env_overrides, load_config
 from bbo.space import PointError, check_hyperparameters
 
 
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     from blackbox.evaluate import evaluate_block, kill_children
 
     try:
-        config = load_config(args.experiment, args.set)
+        config = load_config(args.experiment, env_overrides() + args.set)
         hand = any(getattr(args, n) is not None for n in ("rank", "alpha", "dropout", "lr"))
         if args.pointfile and hand:
             raise PointError("give a point file or --rank/--alpha/--dropout/--lr, not both")

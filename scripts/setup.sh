@@ -15,4 +15,5 @@ echo "setting up .venv (torch first, then requirements.txt) ..." >&2
 # torch first: pinned so that a CPU machine takes its local CPU build instead of GBs of CUDA packages
 .venv/bin/python -m pip install -q "$(grep -E '^torch==' requirements.txt)"
 .venv/bin/python -m pip install -q -r requirements.txt
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .   # bbo, blackbox, eval importable from any folder
 echo "$want" > "$stamp"

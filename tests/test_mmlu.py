@@ -1,27 +1,18 @@
-"""MMLU through lm-eval on the tiny fixture model, offline: shape of the result, LoRA loading, input errors."""
+"""MMLU through lm-eval on the tiny fixture model, offline: shape of the result, LoRA loading, input errors.
+
+`assets` (the tiny LLaMA and the MMLU-format set) and the offline environment come from conftest.py.
+"""
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
 from eval import mmlu
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def assets():
-    from fixtures import make_assets
-
-    return make_assets(log=None)  # cached in .cache/demo: ~20 s the first time only
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +221,20 @@ def test_summarize_stock_layout():
 def test_import_stays_light():
     code = "import sys, eval.mmlu; heavy = {'lm_eval', 'torch', 'transformers'} & set(sys.modules); assert not heavy, heavy"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_stock_task_offline_with_patched_download(assets, rows, monkeypatch):
+    """task="mmlu" resolves lm-eval's own 57-subject tree; its hub download is swapped for the fixture rows."""
+    import datasets
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        assert path == "cais/mmlu"
+        return datasets.DatasetDict({split: datasets.Dataset.from_list(
+            [dict(r, subject=name) for r in rows[split][:3]]) for split in ("dev", "test")})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    result = mmlu.evaluate_mmlu(assets["model"], None, task="mmlu", num_fewshot=1, limit=1)
+    assert len(result["mmlu_subjects"]) == 57
+    assert {"abstract_algebra", "world_religions", "high_school_biology"} <= set(result["mmlu_subjects"])
+    assert result["mmlu_n"] == 57
+    assert 0.0 <= result["mmlu"] <= 1.0

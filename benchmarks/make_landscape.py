@@ -1,0 +1,176 @@
+"""Measure a real LoRA-HPO landscape with this project's own blackbox, for benchmarks/search_efficiency.py.
+
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python -m benchmarks.make_landscape            # the small grid (24 points)
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python -m benchmarks.make_landscape --full     # 3 x 4 x 2 x 4 = 96 points
+    python -m benchmarks.make_landscape --quick                                       # 2 points, a smoke test
+
+Why: a search benchmark on made-up functions only says so much; this one replays
+validation losses that the real training path produced. Every grid point
+(rank x alpha multiple x dropout x lr) is evaluated by `blackbox.evaluate.evaluate`
+(the function behind `python -m blackbox`: accelerate launch blackbox/train.py,
+then the validation loss) on a copy of experiments/demo (the generated tiny LLaMA
+and synthetic data) with a short training budget (train.max_steps).
+
+Resumable: the copy lives in .cache/benchmarks/<name>/ and its run store caches
+every finished point, so a stopped run picks up where it was; the CSV is rewritten
+after each point, from the run store, with what is finished so far.
+The CSV starts with `#` lines that say how it was made (command, settings,
+versions, date, machine) and the search space it spans (`# space: {json}`).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import yaml  # noqa: E402
+
+from bbo.config import load_config  # noqa: E402
+from bbo.space import canonical  # noqa: E402
+
+DEMO = REPO / "experiments" / "demo"
+WORK = REPO / ".cache" / "benchmarks"
+DATA = Path(__file__).resolve().parent / "data"
+
+# Grids: consecutive alpha multiples, so the project's own `alpha: {times_rank: [a, b]}` spans them exactly.
+GRIDS = {
+    "small": {"ranks": [4, 16], "multiples": [1, 2, 3], "dropouts": [0.0],
+              "lrs": [1e-3, 10 ** -2.5, 1e-2, 10 ** -1.5], "max_steps": 30},
+    "full": {"ranks": [2, 4, 16], "multiples": [1, 2, 3, 4], "dropouts": [0.0, 0.1],
+             "lrs": [1e-3, 10 ** -2.5, 1e-2, 10 ** -1.5], "max_steps": 30},
+    "quick": {"ranks": [4], "multiples": [1], "dropouts": [0.0], "lrs": [1e-3, 1e-2], "max_steps": 2},
+}
+COLUMNS = ["rank", "alpha_multiple", "alpha", "dropout", "lr", "log10_lr", "val_loss", "train_loss",
+           "train_seconds", "wall_seconds", "state", "run_id"]
+
+
+def make_experiment(name: str, max_steps: int) -> Path:
+    """A copy of experiments/demo: absolute asset paths, validation loss only, max_steps training steps."""
+    from fixtures import make_assets
+
+    make_assets()  # the tiny LLaMA and data of the demo (instant when already generated)
+    raw = yaml.safe_load((DEMO / "experiment.yaml").read_text())
+    raw["name"] = name
+    raw["description"] = f"benchmarks/make_landscape.py: demo copy, {max_steps} training steps per point"
+    raw["model"]["path"] = str((DEMO / raw["model"]["path"]).resolve())
+    for source in raw["data"]["sources"]:
+        source["path"] = str((DEMO / source["path"]).resolve())
+    raw["train"]["max_steps"] = max_steps
+    raw["train"]["logging_steps"] = max(1, max_steps // 3)
+    raw["objective"] = {"metric": "val_loss", "extra_outputs": ["train_loss", "train_seconds"]}
+    folder = WORK / name
+    folder.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(raw, sort_keys=False)
+    path = folder / "experiment.yaml"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return folder
+
+
+def grid_points(grid: dict) -> list[dict]:
+    return [{"rank": r, "alpha": k * r, "dropout": canonical(d), "lr": canonical(lr), "alpha_multiple": k}
+            for r in grid["ranks"] for k in grid["multiples"] for d in grid["dropouts"] for lr in grid["lrs"]]
+
+
+def space_of(grid: dict) -> dict:
+    """The experiment-like `space:` this grid spans (X0 as the demo's: rank 4, k=1, dropout 0, lowest lr)."""
+    lo, hi = grid["multiples"][0], grid["multiples"][-1]
+    if grid["multiples"] != list(range(lo, hi + 1)):
+        raise SystemExit("alpha multiples must be consecutive integers (times_rank spans every integer)")
+    logs = [round(float(math.log10(lr)), 6) for lr in grid["lrs"]]
+    space = {"rank": {"choices": grid["ranks"], "x0": 4 if 4 in grid["ranks"] else grid["ranks"][0]},
+             "alpha": {"times_rank": [lo, hi], "x0": lo} if hi > lo else lo,
+             "dropout": {"choices": grid["dropouts"], "x0": grid["dropouts"][0]} if len(grid["dropouts"]) > 1
+             else grid["dropouts"][0],
+             "lr": {"log10": [min(logs), max(logs)], "x0": min(grid["lrs"])} if len(logs) > 1 else grid["lrs"][0]}
+    return space
+
+
+def header(args, grid: dict, experiment: Path, n_done: int, n_total: int) -> str:
+    import importlib.metadata as md
+
+    versions = {p: md.version(p) for p in ("torch", "transformers", "peft", "accelerate")}
+    lines = [
+        "Real LoRA-HPO landscape measured with this project's blackbox (blackbox.evaluate.evaluate).",
+        f"command: python -m benchmarks.make_landscape {' '.join(sys.argv[1:])}".rstrip(),
+        f"experiment: copy of experiments/demo in {experiment.relative_to(REPO)} (tiny generated LLaMA, "
+        f"synthetic Alpaca+Dolly data), train.max_steps={grid['max_steps']}, batch 16, cosine, seed 42, "
+        "objective = validation loss",
+        f"grid: ranks {grid['ranks']} x alpha multiples {grid['multiples']} x dropouts {grid['dropouts']} "
+        f"x lr {[canonical(x) for x in grid['lrs']]}; finished {n_done} of {n_total}",
+        f"written: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; machine: {platform.machine()} "
+        f"{os.cpu_count()} CPU(s), no GPU; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
+        f"versions: {json.dumps(versions)}",
+        "replay (benchmarks/landscapes.py): lr is snapped to the nearest grid value in log10",
+        f"space: {json.dumps(space_of(grid))}",
+    ]
+    return "".join(f"# {line}\n" for line in lines)
+
+
+def write_csv(path: Path, head: str, rows: list[dict]) -> None:
+    out = io.StringIO()
+    out.write(head)
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(out.getvalue())
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--full", action="store_true", help="the 96-point grid (ranks 2,4,16 x k 1..4 x dropout 0,0.1 x 4 lr)")
+    p.add_argument("--quick", action="store_true", help="2 points of 2 steps: checks the pipeline")
+    p.add_argument("--max-steps", type=int, help="training steps per point (default: the grid's)")
+    p.add_argument("--out", help="CSV path (default: benchmarks/data/landscape_<grid>.csv; --quick: .cache/benchmarks/)")
+    args = p.parse_args(argv)
+
+    name = "quick" if args.quick else "full" if args.full else "small"
+    grid = dict(GRIDS[name])
+    if args.max_steps:
+        grid["max_steps"] = args.max_steps
+    experiment = make_experiment(f"landscape-{name}-{grid['max_steps']}steps", grid["max_steps"])
+    out = Path(args.out) if args.out else (WORK if args.quick else DATA) / f"landscape_{name}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config = load_config(experiment)
+    points = grid_points(grid)
+    print(f"{len(points)} points, {grid['max_steps']} steps each, runs in {experiment}", file=sys.stderr)
+
+    from blackbox.evaluate import evaluate  # after the environment is set; torch stays in the child
+
+    rows = []
+    for i, pt in enumerate(points, 1):
+        hp = {k: pt[k] for k in ("rank", "alpha", "dropout", "lr")}
+        t0 = time.time()
+        outcome = evaluate(config, hp, config.space.encode(hp), source="landscape")
+        m = outcome.metrics
+        rows.append({"rank": hp["rank"], "alpha_multiple": pt["alpha_multiple"], "alpha": hp["alpha"],
+                     "dropout": hp["dropout"], "lr": hp["lr"], "log10_lr": round(math.log10(hp["lr"]), 6),
+                     "val_loss": m.get("val_loss"), "train_loss": m.get("train_loss"),
+                     "train_seconds": m.get("train_seconds"), "wall_seconds": m.get("wall_seconds"),
+                     "state": outcome.state, "run_id": outcome.run_id})
+        print(f"[{i}/{len(points)}] {hp} -> {outcome.state} val_loss={m.get('val_loss')} "
+              f"({'cached' if outcome.cached else f'{time.time() - t0:.1f} s'})", file=sys.stderr)
+        write_csv(out, header(args, grid, experiment, len(rows), len(points)), rows)
+    print(f"wrote {out} ({len(rows)} points)")
+    return 0 if all(r["state"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
