@@ -156,7 +156,7 @@ def parallel_coordinates(frames, path: Path) -> Path:
             ax.text(j, 1.04, hi, ha="center", va="bottom", fontsize=7)
         objective = rows["objective"].to_numpy(dtype="float64")
         norm = plt.Normalize(objective.min(), objective.max() if objective.max() > objective.min() else objective.min() + 1)
-        cmap = plt.get_cmap("viridis_r")  # bright = low = good
+        cmap = plt.get_cmap("viridis")  # dark = low = good, and visible on white
         order = np.argsort(-objective)  # best drawn last, on top
         best_i = order[-1]
         for k in order:

@@ -97,7 +97,8 @@ def _run_row(config: ExperimentConfig, store: RunStore, rid: str, info: dict | N
         "finished": status.get("finished"),
         "attempt": status.get("attempt"),
         "device": metrics.get("device"),
-        "num_processes": (params.get("fixed") or {}).get("num_processes", config.launch.num_processes),
+        "num_processes": metrics.get("world_size") or (params.get("fixed") or {}).get(
+            "num_processes", config.launch.num_processes),
     }
     for name, x in zip(names, point or [None] * len(names)):
         row[f"x_{name}"] = x
@@ -154,7 +155,7 @@ def _typed_frame(rows: list[dict], base: list[str], config: ExperimentConfig | N
 
 def _typed(s: pd.Series, col: str, integer_x: set) -> pd.Series:
     if col in TIME_COLUMNS:
-        return pd.to_datetime(pd.to_numeric(s, errors="coerce"), unit="s", utc=True)
+        return pd.to_datetime(pd.to_numeric(s, errors="coerce"), unit="s", utc=True).astype("datetime64[ns, UTC]")
     if col == "cached":
         return s.astype("boolean")
     if col in STR_COLUMNS:
@@ -428,7 +429,8 @@ def describe_point(row: pd.Series) -> str:
         text = ""
     coords = [c for c in row.index if c.startswith("x_") or (c.startswith("x") and c[1:].isdigit())]
     if coords and not all(_missing(row[c]) for c in coords):
-        point = " ".join(str(row[c]) for c in coords if not _missing(row[c]))
+        point = " ".join(f"{row[c]:g}" if isinstance(row[c], float) else str(row[c])
+                         for c in coords if not _missing(row[c]))
         text = f"{text} [NOMAD point ({point})]" if text else f"NOMAD point ({point})"
     return text
 

@@ -103,20 +103,24 @@ class Analytic(Landscape):
         return self.model.value(hp, None)
 
     def _optimum(self):
-        """The noise-free minimum: every discrete combination, lr on a fine log grid when lr is searched."""
+        """The noise-free minimum: every discrete combination; a searched lr at its best value for that
+        combination (the step s = s*(r), where h peaks), clamped to the lr range."""
         from bbo.space import SearchSpace
 
         space = SearchSpace.from_dict(self.space)
-        axes = []
-        for v in space.searched:
-            lo, hi = v.bounds
-            if v.input_type == "I":
-                axes.append(list(range(int(lo), int(hi) + 1)))
-            else:
-                axes.append([lo + (hi - lo) * i / 3000 for i in range(3001)])
+        discrete = [v for v in space.searched if v.input_type == "I"]
+        others = [v for v in space.searched if v.input_type != "I"]
+        if [v.name for v in others] not in ([], ["lr"]) or (others and others[0].kind != "log10"):
+            raise ValueError("analytic optimum: only lr (log10) may be real-valued")
         best = (math.inf, None)
-        for coords in itertools.product(*axes):
-            hp = space.decode(list(coords))
+        for combo in itertools.product(*[range(int(v.bounds[0]), int(v.bounds[1]) + 1) for v in discrete]):
+            coords = dict(zip([v.name for v in discrete], combo))
+            if others:
+                lr_var = others[0]
+                hp = space.decode([coords.get(v.name, lr_var.lower) for v in space.searched])
+                best_lr = self.model.s_ref * math.sqrt(self.model.r_ref / hp["rank"]) * hp["rank"] / hp["alpha"]
+                coords["lr"] = min(max(math.log10(best_lr), lr_var.lower), lr_var.upper)
+            hp = space.decode([coords[v.name] for v in space.searched])
             best = min(best, (self.noise_free(hp), tuple(sorted(hp.items()))))
         return best[0], dict(best[1])
 

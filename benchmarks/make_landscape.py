@@ -51,7 +51,7 @@ DATA = Path(__file__).resolve().parent / "data"
 GRIDS = {
     "small": {"ranks": [4, 16], "multiples": [1, 2, 3], "dropouts": [0.0],
               "lrs": [1e-3, 10 ** -2.5, 1e-2, 10 ** -1.5], "max_steps": 30},
-    "full": {"ranks": [2, 4, 16], "multiples": [1, 2, 3, 4], "dropouts": [0.0, 0.1],
+    "full": {"ranks": [4, 8, 16], "multiples": [1, 2, 3, 4], "dropouts": [0.0, 0.1],
              "lrs": [1e-3, 10 ** -2.5, 1e-2, 10 ** -1.5], "max_steps": 30},
     "quick": {"ranks": [4], "multiples": [1], "dropouts": [0.0], "lrs": [1e-3, 1e-2], "max_steps": 2},
 }
@@ -135,7 +135,7 @@ def write_csv(path: Path, head: str, rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--full", action="store_true", help="the 96-point grid (ranks 2,4,16 x k 1..4 x dropout 0,0.1 x 4 lr)")
+    p.add_argument("--full", action="store_true", help="the 96-point grid (ranks 4,8,16 x k 1..4 x dropout 0,0.1 x 4 lr)")
     p.add_argument("--quick", action="store_true", help="2 points of 2 steps: checks the pipeline")
     p.add_argument("--max-steps", type=int, help="training steps per point (default: the grid's)")
     p.add_argument("--out", help="CSV path (default: benchmarks/data/landscape_<grid>.csv; --quick: .cache/benchmarks/)")
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     grid = dict(GRIDS[name])
     if args.max_steps:
         grid["max_steps"] = args.max_steps
-    experiment = make_experiment(f"landscape-{name}-{grid['max_steps']}steps", grid["max_steps"])
+    experiment = make_experiment(f"landscape-{grid['max_steps']}steps", grid["max_steps"])  # grids share runs
     out = Path(args.out) if args.out else (WORK if args.quick else DATA) / f"landscape_{name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     config = load_config(experiment)

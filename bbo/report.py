@@ -1,0 +1,186 @@
+"""A Markdown report of one experiment: what the search found, what it cost, how sure to be.
+
+    python -m bbo report experiments/demo     # -> experiments/demo/report/report.md + PNG figures
+
+Sections: best point, X0 versus best (before / after), top-5 table, budget spent,
+spread of the objective, figures. Tables are written here (no `tabulate` needed).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bbo.config import load_config
+from bbo.plots import plot_experiments
+from bbo.results import best, describe_point, load_runs, objective_label, ranked, x0_row
+
+COMPARED = ["objective", "val_loss", "mmlu", "train_loss", "train_seconds", "wall_seconds"]
+TOP_COLUMNS = ["order", "rank", "alpha", "alpha_over_rank", "dropout", "lr", "objective", "val_loss", "mmlu",
+               "train_loss", "wall_seconds", "cached_hits", "run_id"]
+FIGURE_TITLES = {"best_so_far": "Best objective so far", "parallel_coordinates": "Parallel coordinates"}
+
+
+def write_report(experiment_dir, top: int = 5) -> Path:
+    """Write <experiment>/report/report.md (figures beside it, linked relatively); returns its path."""
+    config = load_config(experiment_dir)
+    df = load_runs(config.dir)
+    out_dir = config.dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = plot_experiments([config.dir], out_dir=out_dir)
+    label = objective_label(config.objective.metric)
+
+    lines = [f"# HPO report: {config.name}", ""]
+    if config.description:
+        lines += [config.description, ""]
+    sense = ("NOMAD minimised -mmlu (lower objective = higher accuracy)" if config.objective.metric == "mmlu"
+             else f"NOMAD minimised {config.objective.metric} as is")
+    lines += [f"Objective: `{config.objective.metric}`; {sense}. Search space: "
+              f"{', '.join(config.space.names())} (NOMAD budget {config.nomad.budget} new evaluations). "
+              f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{config.dir}`.", ""]
+    lines += _best_section(df, label)
+    lines += _x0_section(df, config, label)
+    lines += _top_section(df, top, label)
+    lines += _budget_section(df, config)
+    lines += _spread_section(df, label)
+    lines += ["## Figures", ""]
+    for path in figures:
+        title = FIGURE_TITLES.get(path.stem) or path.stem.replace("objective_vs_", "Objective vs ").replace("_", " ")
+        lines += [f"![{title}]({path.relative_to(out_dir).as_posix()})", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ---------------------------------------------------------------- sections
+
+def _best_section(df, label) -> list[str]:
+    top = best(df)
+    lines = ["## Best point", ""]
+    if top is None:
+        return lines + ["No evaluation succeeded yet.", ""]
+    order = "" if _missing(top.get("order")) else f", found at evaluation {top['order']} of {len(df)}"
+    lines += [f"**{describe_point(top)}** -> {label} **{top['objective']:.6g}** (run `{top['run_id']}`{order}).", ""]
+    rows = [(name, _fmt(top.get(name))) for name in
+            ["rank", "alpha", "alpha_over_rank", "dropout", "lr", "objective", "val_loss", "mmlu", "train_loss",
+             "train_seconds", "eval_seconds", "wall_seconds", "tokens_per_second"]
+            if name in top and not _missing(top[name])]
+    rows += [(c, _fmt(top[c])) for c in top.index
+             if c.startswith("mmlu_") and c not in ("mmlu_n", "mmlu_stderr", "mmlu_seconds") and not _missing(top[c])]
+    return lines + markdown_table(pd.DataFrame(rows, columns=["", "best"])) + [""]
+
+
+def _x0_section(df, config, label) -> list[str]:
+    lines = ["## X0 versus best (before / after)", ""]
+    x0 = config.space.x0
+    start, top = x0_row(df, x0), best(df)
+    if start is None:
+        hp = config.space.decode(x0)
+        return lines + [f"X0 ({' '.join(map(str, x0))}: rank {hp['rank']}, alpha {hp['alpha']}, dropout "
+                        f"{hp['dropout']:g}, lr {hp['lr']:.3g}) was not evaluated.", ""]
+    if top is None or start["status"] != "ok":
+        return lines + [f"X0 ({describe_point(start)}) ended {start['status']}: "
+                        f"{start.get('reason') or 'no objective'}; nothing to compare.", ""]
+    rows = []
+    for name in ["rank", "alpha", "dropout", "lr"]:
+        rows.append((name, _fmt(start[name]), _fmt(top[name]), "", ""))
+    for name in COMPARED:
+        if name not in df or _missing(start.get(name)) or _missing(top.get(name)):
+            continue
+        before, after = float(start[name]), float(top[name])
+        diff = after - before
+        rel = f"{diff / abs(before) * 100:+.2f}%" if before else ""
+        rows.append((label if name == "objective" else name, _fmt(before), _fmt(after), f"{diff:+.4g}", rel))
+    lines += markdown_table(pd.DataFrame(rows, columns=["", "X0 (before)", "best (after)", "difference", "relative"]))
+    if start["run_id"] == top["run_id"]:
+        lines += ["", "The best point is X0 itself: the search found nothing better."]
+    return lines + [""]
+
+
+def _top_section(df, top, label) -> list[str]:
+    lines = [f"## Top {top}", ""]
+    rows = ranked(df)
+    rows = rows[rows["status"].eq("ok")].head(top) if len(rows) else rows
+    if rows.empty:
+        return lines + ["No successful evaluation.", ""]
+    cols = [c for c in TOP_COLUMNS if c in rows and not rows[c].isna().all()]
+    table = rows[cols].copy()
+    if "wall_seconds" in table:
+        table["wall_seconds"] = table["wall_seconds"] / 60
+    table = table.rename(columns={"objective": label, "wall_seconds": "wall_min", "alpha_over_rank": "alpha/rank"})
+    return lines + markdown_table(table.map(_fmt)) + [""]
+
+
+def _budget_section(df, config) -> list[str]:
+    answered = int(df["n_answers"].sum()) if len(df) else 0
+    hits = int(df["cached_hits"].sum()) if len(df) else 0
+    unrecorded = df[df["order"].isna() & df["status"].isin(["ok", "failed", "pruned"])] if len(df) else df
+    trainings = answered - hits + len(unrecorded)
+    failed = df[df["status"].isin(["failed", "pruned"])] if len(df) else df
+    kinds = failed["error_kind"].fillna("unknown").value_counts() if len(failed) else pd.Series(dtype="int64")
+    kinds_text = ", ".join(f"{k} {v}" for k, v in kinds.items())
+    seconds = _training_seconds(df)
+    hours = seconds.sum() / 3600
+    processes = df["num_processes"].fillna(config.launch.num_processes).astype("float64") if len(df) else seconds
+    device_hours = (seconds * processes).sum() / 3600
+    gpu = len(df) and df["device"].dropna().astype(str).str.startswith("cuda").any()
+    unit = "GPU-hours" if gpu else "CPU-hours"
+    lines = ["## Budget spent", ""]
+    lines += [f"- evaluations answered: {answered} (distinct points: {len(df)}; NOMAD budget {config.nomad.budget})",
+              f"- new trainings: {trainings}",
+              f"- cached hits (answered from a finished run, no training): {hits}",
+              f"- failures: {len(failed)}" + (f" ({kinds_text})" if len(failed) else ""),
+              f"- wall time of the trainings: {hours:.3g} h",
+              f"- {unit}: {device_hours:.3g} (wall hours x processes per evaluation)", ""]
+    return lines
+
+
+def _training_seconds(df) -> pd.Series:
+    """Seconds each run took: wall_seconds when measured, else finished - started (failed runs)."""
+    if df.empty:
+        return pd.Series(dtype="float64")
+    span = (df["finished"] - df["started"]).dt.total_seconds()
+    return df["wall_seconds"].fillna(span).fillna(0.0).astype("float64")
+
+
+def _spread_section(df, label) -> list[str]:
+    lines = ["## Spread of the objective", ""]
+    ok = df.loc[df["status"].eq("ok"), "objective"].dropna() if len(df) else pd.Series(dtype="float64")
+    if ok.empty:
+        return lines + ["No successful evaluation.", ""]
+    stats = {"successful runs": len(ok), "min": ok.min(), "median": ok.median(), "max": ok.max(),
+             "std": ok.std() if len(ok) > 1 else float("nan")}
+    lines += markdown_table(pd.DataFrame([{k: _fmt(v) for k, v in stats.items()}]))
+    diff = ok.min() - ok.median()
+    rel = f" ({diff / abs(ok.median()) * 100:+.2f}%)" if ok.median() else ""
+    lines += ["", f"Best versus median {label}: {diff:+.4g}{rel}. Each point was trained once (one seed): "
+              "differences smaller than the spread of repeated trainings are not evidence.", ""]
+    return lines
+
+
+# ---------------------------------------------------------------- Markdown
+
+def markdown_table(df: pd.DataFrame) -> list[str]:
+    """A GitHub-flavoured Markdown table of df's cells as text (pandas' to_markdown needs tabulate)."""
+    header = [str(c) for c in df.columns]
+    rows = [[_cell(v) for v in row] for row in df.itertuples(index=False)]
+    return (["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+            + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _cell(value) -> str:
+    return ("" if _missing(value) else str(value)).replace("|", "\\|").replace("\n", " ")
+
+
+def _fmt(value) -> str:
+    if _missing(value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
+    return str(value)
+
+
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))

@@ -1,0 +1,76 @@
+"""Real NOMAD searches on the tiny model, through `bbo run` and the nomad-compatible `bbo.nomad`."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bbo.nomadfiles import read_cache, read_history
+
+
+def run(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def fast_experiment(tmp_path, assets):
+    from conftest import make_experiment
+
+    return make_experiment(tmp_path, assets, train={"max_steps": 3, "logging_steps": 1},
+                           objective={"metric": "val_loss", "extra_outputs": ["train_loss"]},
+                           nomad={"budget": 3, "seed": 0})
+
+
+def index(experiment):
+    return [json.loads(line) for line in (experiment / "evaluations.jsonl").read_text().splitlines()]
+
+
+def test_bbo_run_then_bbo_nomad_reuses_every_run(fast_experiment):
+    proc = run("bbo", "run", str(fast_experiment))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best point:" in proc.stdout
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("[eval")]
+    assert len(progress) == 3 and all("| best" in line for line in progress)
+    first = index(fast_experiment)
+    assert [e["cached"] for e in first] == [False] * 3
+    history = read_history(fast_experiment / "nomad" / "history.txt", 4)
+    assert len(history) == 3
+    assert [h["outputs"][0] for h in history] == pytest.approx([e["objective"] for e in first])
+    assert history[0]["x"] == [2, 1, 1, -4]  # X0 comes first
+    assert len(read_cache(fast_experiment / "nomad" / "cache.txt")) == 3
+
+    # The same search as a parameter file, as `nomad param.txt` runs it: nothing is trained again.
+    (fast_experiment / "nomad").rename(fast_experiment / "nomad.first")
+    proc = run("bbo.nomad", str(fast_experiment / "param.txt"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = index(fast_experiment)[3:]
+    assert len(second) == 3 and all(e["cached"] for e in second)
+    assert [e["run_id"] for e in second] == [e["run_id"] for e in first]  # same seed, same trajectory
+
+
+def test_bbo_run_resumes_with_nothing_left_to_do(fast_experiment):
+    assert run("bbo", "run", str(fast_experiment)).returncode == 0
+    again = run("bbo", "run", str(fast_experiment))
+    assert again.returncode == 0, again.stderr
+    assert "budget already spent" in again.stderr
+    assert len(index(fast_experiment)) == 3
+
+
+def test_bbo_run_overrides_reach_the_blackbox(fast_experiment):
+    proc = run("bbo", "run", str(fast_experiment), "nomad.budget=2", "train.max_steps=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [p for p in (fast_experiment / "runs").iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+    assert len(runs) == 2
+    for run_dir in runs:
+        assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 2
+    assert "MAX_BB_EVAL 3" in (fast_experiment / "param.txt").read_text()  # the file follows experiment.yaml
+
+
+def test_bad_parameter_file_is_an_error_not_a_crash(fast_experiment, tmp_path):
+    assert run("bbo", "paramfile", str(fast_experiment)).returncode == 0
+    param = fast_experiment / "param.txt"
+    param.write_text(param.read_text().replace("MAX_BB_EVAL 3", "MAX_BB_EVAL abc"))
+    proc = run("bbo.nomad", str(param))
+    assert proc.returncode == 2 and "MAX_BB_EVAL" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    proc = run("bbo.nomad", str(tmp_path / "missing.txt"))
+    assert proc.returncode == 2 and "no parameter file" in proc.stderr
