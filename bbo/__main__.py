@@ -50,12 +50,14 @@ def cmd_run(args) -> int:
     _check_inputs(config)
     paramfile.write(load_config(args.experiment))  # the generated file follows experiment.yaml
     # The overrides travel in the environment: NOMAD's child and every blackbox it starts read them.
-    env = dict(os.environ, BBO_OVERRIDES=json.dumps(list(args.overrides)))
+    env = dict(os.environ, BBO_OVERRIDES=json.dumps(list(args.overrides)), BBO_DRIVER_PID=str(os.getpid()))
     cmd = [sys.executable, "-m", "bbo.nomad", "--experiment", str(config.dir), "--resume"]
     print(f"NOMAD search: {config.name}, budget {config.nomad.budget}, "
           f"{config.space.dimension} variables ({' '.join(config.space.names())}); runs in {config.dir / 'runs'}",
           flush=True)
-    proc = subprocess.Popen(cmd, env=env)
+    from bbo.procs import die_with_parent
+
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)  # NOMAD dies with this driver
     try:
         rc = proc.wait()
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -99,6 +100,7 @@ def main(argv=None) -> int:
         return 0
     import PyNomad
 
+    os.environ.setdefault("BBO_DRIVER_PID", str(os.getpid()))  # blackboxes stop when this search dies
     PyNomad.optimizeWithMainStep(lines)
     return 0
 

@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # before pyplot: files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from bbo.results import load_runs, objective_label  # noqa: E402
@@ -125,6 +126,7 @@ def objective_vs(frames, hp: str, path: Path) -> Path:
         ax.set_xscale("log")
     elif hp in LOG2_AXES and (values > 0).any():
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 16, not 2^4
     ax.set_xlabel(LABELS.get(hp, hp))
     ax.set_ylabel(_ylabel(frames))
     ax.set_title(f"Objective vs {LABELS.get(hp, hp)} (star: best; x on top: failed)")
@@ -155,7 +157,8 @@ def parallel_coordinates(frames, path: Path) -> Path:
             ax.text(j, -0.06, lo, ha="center", va="top", fontsize=7)
             ax.text(j, 1.04, hi, ha="center", va="bottom", fontsize=7)
         objective = rows["objective"].to_numpy(dtype="float64")
-        norm = plt.Normalize(objective.min(), objective.max() if objective.max() > objective.min() else objective.min() + 1)
+        lo, hi = objective.min(), objective.max()
+        norm = plt.Normalize(lo, hi if hi > lo else lo + 1)
         cmap = plt.get_cmap("viridis")  # dark = low = good, and visible on white
         order = np.argsort(-objective)  # best drawn last, on top
         best_i = order[-1]
@@ -178,15 +181,19 @@ def _values(rows: pd.DataFrame, axis: str) -> np.ndarray:
 def _normalise(rows: pd.DataFrame, axis: str) -> np.ndarray:
     """Min-max to [0, 1] (on a log scale for lr, rank, alpha); a constant axis sits at 0.5."""
     values = _values(rows, axis)
-    lo, hi = np.nanmin(values) if np.isfinite(values).any() else 0, np.nanmax(values) if np.isfinite(values).any() else 0
+    if not np.isfinite(values).any():
+        return np.full(len(values), np.nan)
+    lo, hi = np.nanmin(values), np.nanmax(values)
     if hi <= lo:
         return np.where(np.isnan(values), np.nan, 0.5)
     return (values - lo) / (hi - lo)
 
 
 def _range_text(rows: pd.DataFrame, axis: str) -> tuple[str, str]:
-    values = pd.to_numeric(rows[axis], errors="coerce").astype("float64") if axis in rows else pd.Series(dtype="float64")
-    if values.notna().sum() == 0:
+    if axis not in rows:
+        return "", ""
+    values = pd.to_numeric(rows[axis], errors="coerce").astype("float64")
+    if values.isna().all():
         return "", ""
     return f"{values.min():.3g}", f"{values.max():.3g}"
 

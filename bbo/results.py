@@ -8,7 +8,15 @@
 The run folders are the truth (bbo/store.py); evaluations.jsonl gives the order in
 which points were answered and which answers came from the cache. `objective` is
 what NOMAD minimises: the validation loss as is, or -mmlu for an MMLU objective.
-Columns are flat (one value per cell) so CSV and Parquet hold the same table.
+Columns are flat (one value per cell) so CSV and Parquet hold the same table:
+
+    run_id, order (1-based, first answer; <NA> for a run never recorded), status (ok | failed |
+    pruned | running | incomplete), reason, error_kind (oom, diverged, timeout, crash, ...),
+    cached (the first answer came from a finished run), n_answers, cached_hits, source (nomad | hand),
+    x_<name> (NOMAD coordinates), rank, alpha, alpha_over_rank, dropout, lr,
+    objective, val_loss, mmlu, mmlu_<subject>..., train_loss, train_seconds, eval_seconds,
+    wall_seconds, tokens_per_second, started, finished (UTC), attempt, device, num_processes,
+    then any other number of metrics.json (steps, val_tokens, mmlu_stderr, ...), sorted.
 """
 from __future__ import annotations
 
@@ -37,9 +45,12 @@ STR_COLUMNS = {"run_id", "status", "reason", "error_kind", "source", "device", "
 
 # ---------------------------------------------------------------- run folders
 
-def load_runs(experiment_dir: str | Path) -> pd.DataFrame:
-    """One row per evaluated point of an experiment, in the order NOMAD (or a user) first asked for it."""
-    config = load_config(experiment_dir)
+def load_runs(experiment_dir: str | Path, overrides: list[str] = ()) -> pd.DataFrame:
+    """One row per evaluated point of an experiment, in the order NOMAD (or a user) first asked for it.
+
+    overrides: the `key=value` pairs the search ran with, if they changed the space.
+    """
+    config = load_config(experiment_dir, overrides)
     store = RunStore(config.dir)
     names = config.space.names()
 
@@ -184,14 +195,15 @@ def compare(dirs: list[str | Path]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- NOMAD's own files
 
-def load_nomad_history(experiment_dir: str | Path) -> pd.DataFrame:
+def load_nomad_history(experiment_dir: str | Path, overrides: list[str] = ()) -> pd.DataFrame:
     """NOMAD's view of the search: nomad/history.txt in order (or nomad/cache.txt if there is no history).
 
     Columns: order, status (ok/failed), x_<name>, the decoded hyperparameters, the
     outputs named as in config.objective.outputs (plus the objective's metric, e.g.
     val_loss, when it is not an output of its own), in_cache, cache_status, source.
+    overrides: the `key=value` pairs the search ran with, if they changed the space or outputs.
     """
-    config = load_config(experiment_dir)
+    config = load_config(experiment_dir, overrides)
     space = config.space
     cache = read_cache(config.dir / CACHE_FILE)
     cache_status = {_key(row["x"]): row["status"] for row in cache}
@@ -247,7 +259,7 @@ def _history_frame(records, names, outputs, space, source=None, prefix="x_") -> 
     rows = []
     for i, (x, outs, cache_status) in enumerate(records, 1):
         numeric = [v if isinstance(v, (int, float)) else None for v in outs]
-        ok = len(numeric) == len(outputs) and None not in numeric
+        ok = bool(numeric) and None not in numeric  # NOMAD writes FAILED in place of the outputs
         row = {"order": i, "status": "ok" if ok else "failed", **dict(zip(xcols, x))}
         if space is not None:
             try:
@@ -371,7 +383,11 @@ OPTIONAL_COLUMNS = {"val_loss", "mmlu", "train_loss", "wall_seconds", "cached", 
 
 def _coordinate_columns(df: pd.DataFrame) -> list[str]:
     """x_<name> columns (experiments) or x1..xn (bare NOMAD history files)."""
-    return [c for c in df.columns if c.startswith("x_") or (c.startswith("x") and c[1:].isdigit())]
+    return [c for c in df.columns if _is_coordinate(c)]
+
+
+def _is_coordinate(name: str) -> bool:
+    return name.startswith("x_") or (name.startswith("x") and name[1:].isdigit())
 
 
 def table_text(df: pd.DataFrame, top: int | None = None) -> str:
@@ -391,7 +407,8 @@ def table_text(df: pd.DataFrame, top: int | None = None) -> str:
     cols += [c for c in rows.columns if c.startswith("extra_")]
     out = rows.assign(point=_point_text(rows))[cols].copy() if "point" in cols else rows[cols].copy()
     if "reason" in out:
-        out["reason"] = out["reason"].map(lambda r: "" if not isinstance(r, str) else (r if len(r) <= 40 else r[:37] + "..."))
+        out["reason"] = out["reason"].map(lambda r: "" if not isinstance(r, str) else r if len(r) <= 40
+                                          else r[:37] + "...")
     if "run_id" in out:
         out["run_id"] = out["run_id"].map(lambda r: r if isinstance(r, str) else "")
     if "wall_seconds" in out:
@@ -427,7 +444,7 @@ def describe_point(row: pd.Series) -> str:
                f"dropout {row['dropout']:g}, lr {row['lr']:.3g}"
     else:
         text = ""
-    coords = [c for c in row.index if c.startswith("x_") or (c.startswith("x") and c[1:].isdigit())]
+    coords = [c for c in row.index if _is_coordinate(c)]
     if coords and not all(_missing(row[c]) for c in coords):
         point = " ".join(f"{row[c]:g}" if isinstance(row[c], float) else str(row[c])
                          for c in coords if not _missing(row[c]))
@@ -437,7 +454,8 @@ def describe_point(row: pd.Series) -> str:
 
 def summary_text(df: pd.DataFrame, config: ExperimentConfig | None = None) -> str:
     """What `bbo run` prints at the end: the table, the best point, X0 versus best."""
-    if config is not None:
+    if config is not None:  # a frame that lost its attrs (concat, filtering) still finds X0
+        df = df.copy(deep=False)
         df.attrs.update({k: v for k, v in _attrs(config).items() if k not in df.attrs})
     lines = [table_text(df)]
     top = best(df)

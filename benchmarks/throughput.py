@@ -17,7 +17,7 @@ max length 512, the demo's synthetic Alpaca+Dolly data):
   project              packing (DataCollatorWithFlattening, no padding), sdpa, weights in bf16 on GPU (fp32 on CPU)
   original             what the original's train script did: fp32 weights (+ --bf16 autocast on GPU), no packing,
                        each batch padded to its longest example (Stanford-Alpaca collator)
-  original, pad 512    the same, every example padded to max length 512
+  original-pad512      the same, every example padded to max length 512
 Attention is sdpa in all three (conservative: the original's 2023 transformers may have run the slower eager one).
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 WORK = REPO / ".cache" / "benchmarks" / "throughput"
 
-SETUPS = ["project", "original", "original, pad 512"]
+SETUPS = ["project", "original", "original-pad512"]
 LLAMA2_7B = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
              "intermediate_size": 11008, "vocab_size": 32000, "max_position_embeddings": 4096,
              "rms_norm_eps": 1e-5}
@@ -65,7 +65,7 @@ def make_spec(setup: str, args, on_gpu: bool) -> dict:
         spec["model"]["dtype"], spec["train"]["precision"] = "auto", "auto"
     else:
         spec["data"]["packing"] = False
-        spec["pad_to_max_length"] = setup == "original, pad 512"
+        spec["pad_to_max_length"] = setup == "original-pad512"
         spec["model"]["dtype"] = "float32"  # the original loaded the base weights in fp32 ...
         spec["train"]["precision"] = "bf16" if on_gpu else "fp32"  # ... and trained with --bf16 (autocast) on GPU
     if args.model_config:
@@ -100,7 +100,7 @@ def child(setup: str, args) -> dict:
 
     on_gpu = torch.cuda.is_available()
     spec = make_spec(setup, args, on_gpu)
-    run_dir = WORK / setup.replace(", ", "-").replace(" ", "-")
+    run_dir = WORK / setup
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("train_result.json", "error.json"):
         (run_dir / name).unlink(missing_ok=True)

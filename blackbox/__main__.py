@@ -13,11 +13,14 @@ one point was evaluated, 1 if every point failed, 2 for bad input (nothing is ru
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 from pathlib import Path
 
 from bbo.config import ConfigError, env_overrides, load_config
+from bbo.procs import on_death_of
 from bbo.space import PointError, check_hyperparameters
 
 
@@ -88,6 +91,11 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if os.environ.get("BBO_DRIVER_PID"):  # the search was killed (even by SIGKILL): stop training too
+        def orphaned():
+            kill_children()
+            os._exit(1)
+        on_death_of(int(os.environ["BBO_DRIVER_PID"]), orphaned)
     outcomes = evaluate_block(config, points, source="nomad" if args.pointfile else "hand",
                               retry_failed=args.retry_failed)
     for outcome in outcomes:
@@ -98,8 +106,9 @@ def main(argv=None) -> int:
 
 
 def _check_inputs_exist(config) -> None:
-    """Local model and data paths must exist before a run folder is made for them."""
-    from blackbox.data import is_local
+    """Model, data and MMLU paths must exist, and local data must have its format's fields,
+    before any run folder is made for them (a bad source is a config error, not a failed point)."""
+    from blackbox.data import FORMATS, is_local
 
     checks = [("model.path", config.model.path)] + [
         (f"data.sources[{i}].path", s.path) for i, s in enumerate(config.data.sources)]
@@ -109,6 +118,20 @@ def _check_inputs_exist(config) -> None:
         resolved = config.resolve(path)
         if is_local(path) and not Path(resolved).exists():
             raise ConfigError(f"{key}: {resolved} does not exist")
+    for i, source in enumerate(config.data.sources):
+        path = config.resolve(source.path)
+        if path.endswith(".jsonl") and Path(path).is_file():
+            with open(path) as f:
+                first = next((line for line in f if line.strip()), "")
+            try:
+                row = json.loads(first)
+            except ValueError:
+                raise ConfigError(f"data.sources[{i}].path: {path} is not JSON lines") from None
+            needed = [FORMATS[source.format][0], FORMATS[source.format][2]]
+            missing = [k for k in needed if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise ConfigError(f"data.sources[{i}]: {path} has no {missing[0]!r} field "
+                                  f"(format {source.format} needs {', '.join(needed)})")
 
 
 def _explain(outcome, config) -> None:

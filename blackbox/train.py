@@ -17,7 +17,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `blackbox` and `eval`
 
+from bbo.procs import on_death_of  # noqa: E402
 from blackbox.data import load_tokenized  # noqa: E402
 from eval.loss import validation_loss  # noqa: E402
 
@@ -112,18 +112,6 @@ def load_for_eval(run_dir: Path):
 
 # ---------------------------------------------------------------- safety nets
 
-def _watch_parent(parent_pid: int) -> None:
-    """Exit if the blackbox that launched us dies (even by SIGKILL): no orphan keeps a GPU busy."""
-    def watch():
-        while True:
-            time.sleep(1.0)
-            try:
-                os.kill(parent_pid, 0)
-            except ProcessLookupError:
-                os._exit(1)
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def _parse_fault(run_dir: Path) -> dict | None:
     text = os.environ.get("BBO_FAULT", "").strip()
     if not text:
@@ -183,8 +171,8 @@ def main(run_dir: Path) -> int:
 
     spec = _read_spec(run_dir)
     fault = _parse_fault(run_dir)
-    if os.environ.get("BBO_PARENT_PID"):
-        _watch_parent(int(os.environ["BBO_PARENT_PID"]))
+    if os.environ.get("BBO_PARENT_PID"):  # the blackbox died (even by SIGKILL): no orphan keeps a GPU busy
+        on_death_of(int(os.environ["BBO_PARENT_PID"]), lambda: os._exit(1))
     is_main = int(os.environ.get("RANK", "0")) == 0
     device, dtype, precision = _device_and_dtype(spec)
     train_cfg = spec["train"]
@@ -221,9 +209,11 @@ def main(run_dir: Path) -> int:
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
                       callbacks=_callbacks(spec, fault))
+    phase = "error"  # the error kind a plain exception gets: training, then evaluation
     try:
         result = trainer.train()
         t_train = time.time()
+        phase = "eval"
         if fault and fault["kind"] == "eval_error":
             raise RuntimeError("injected fault: evaluation error")
         # Phase 4: validation loss on the held-out split (all processes take part).
@@ -235,7 +225,7 @@ def main(run_dir: Path) -> int:
         _write_error(run_dir, "oom", str(e), is_main)
         return 4
     except Exception as e:  # noqa: BLE001 - recorded with its type; the blackbox reports a failed point
-        _write_error(run_dir, "error", f"{type(e).__name__}: {e}", is_main)
+        _write_error(run_dir, phase, f"{type(e).__name__}: {e}", is_main)
         raise
     t_eval = time.time()
 

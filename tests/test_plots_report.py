@@ -59,7 +59,8 @@ def test_report(tmp_path):
     assert re.search(r"\| objective \(min\) \| 2\.5 \| 2\.1 \| -0\.4 \| -16\.00% \|", text)  # X0 before / after
     top = text.split("## Top 5")[1].split("##")[0]
     assert len([line for line in top.splitlines() if line.startswith("| ")]) == 2 + 4  # header, rule, 4 ok runs
-    assert "- evaluations answered: 5" in text and "- cached hits (answered from a finished run, no training): 1" in text
+    assert "- evaluations answered: 5" in text
+    assert "- cached hits (answered from a finished run, no training): 1" in text
     assert "- new trainings: 5" in text and "- failures: 1 (oom 1)" in text
     assert "CPU-hours" in text
     assert "| 4 | 2.1 | 2.4 | 2.9 |" in text  # ok runs: n, min, median, max

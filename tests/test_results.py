@@ -2,7 +2,6 @@
 history file, compare(), an empty experiment, CSV/Parquet through the CLI, and one real search."""
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -181,7 +180,8 @@ def test_order_answers_and_status(fake):
     assert pd.isna(failed["objective"])
     hand = df.iloc[3]
     assert hand["source"] == "hand" and (hand["rank"], hand["alpha"]) == (8, 24)
-    assert [hand["x_rank"], hand["x_alpha"], hand["x_dropout"], hand["x_lr"]] == [3, 3, 2, pytest.approx(math.log10(3e-4))]
+    coords = [hand["x_rank"], hand["x_alpha"], hand["x_dropout"], hand["x_lr"]]
+    assert coords == [3, 3, 2, pytest.approx(math.log10(3e-4))]  # encoded from the hand-given hyperparameters
     lost = df.iloc[4]  # trained, but the answer was never recorded: last, without an order
     assert pd.isna(lost["order"]) and lost["n_answers"] == 0 and lost["status"] == "ok"
 

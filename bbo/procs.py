@@ -1,0 +1,40 @@
+"""Process lifetimes: no evaluation outlives the search that asked for it."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+
+
+def alive(pid: int) -> bool:
+    """True while pid runs (a zombie, dead but not yet reaped, counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def on_death_of(pid: int, action, interval: float = 1.0) -> None:
+    """Call action() (from a daemon thread) as soon as pid is gone, even if it was SIGKILLed."""
+    def watch():
+        while alive(pid):
+            time.sleep(interval)
+        action()
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def die_with_parent() -> None:
+    """For Popen(preexec_fn=...): the kernel sends SIGTERM to the child when its parent dies (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
