@@ -182,11 +182,15 @@ def _attrs(config: ExperimentConfig) -> dict:
 
 
 def compare(dirs: list[str | Path]) -> pd.DataFrame:
-    """Several experiments stacked, with an `experiment` column first (the config's name)."""
-    frames = []
+    """Several experiments stacked, with an `experiment` column first (the config's name, or the
+    folder when two experiments share a name)."""
+    frames, used = [], set()
     for d in dirs:
         df = load_runs(d)
-        df.insert(0, "experiment", df.attrs.get("experiment") or Path(d).name)
+        label = df.attrs.get("experiment") or Path(d).name
+        label = str(d) if label in used else label
+        used.add(label)
+        df.insert(0, "experiment", label)
         frames.append(df)
     out = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
     out["experiment"] = out["experiment"].astype("str")

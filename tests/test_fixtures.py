@@ -58,6 +58,7 @@ def file_hashes(root: Path) -> dict:
 def test_paths_and_stamp(assets):
     out = Path(assets["model"]).parent
     assert set(assets) == {"model", "train", "dolly", "mmlu"}
+    assert assets == fixtures.asset_paths(out)
     assert Path(assets["train"]) == out / "data" / "alpaca.jsonl"
     for name in ("train", "dolly"):
         assert Path(assets[name]).is_file()
@@ -75,6 +76,9 @@ def test_second_call_is_a_no_op(assets):
     assert time.perf_counter() - started < 1.0
     assert again == assets
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    # In a fresh process the up-to-date check does not even import torch.
+    check = f"import sys, fixtures; fixtures.make_assets({str(out)!r}, log=None); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", check], cwd=REPO, check=True, timeout=60)
 
 
 def test_tokenizer(assets):
@@ -129,9 +133,7 @@ def test_two_generations_are_identical(assets, background_generation):
     proc, out = background_generation
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
-    second = {name: str(out / rel) for name, rel in
-              [("model", "tiny-llama"), ("train", "data/alpaca.jsonl"), ("dolly", "data/dolly.jsonl"), ("mmlu", "mmlu")]}
-    assert stdout.splitlines() == [f"{name}: {path}" for name, path in second.items()]
+    assert stdout.splitlines() == [f"{name}: {path}" for name, path in fixtures.asset_paths(out).items()]
     first = file_hashes(Path(assets["model"]).parent)
     assert {"STAMP", "tiny-llama/model.safetensors", "tiny-llama/tokenizer.json", "mmlu/test.jsonl"} <= set(first)
     assert first == file_hashes(out)
