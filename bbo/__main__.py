@@ -57,7 +57,9 @@ def cmd_run(args) -> int:
           flush=True)
     from bbo.procs import die_with_parent
 
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)  # NOMAD dies with this driver
+    nomad_dir = config.dir / "nomad"  # NOMAD writes its temporary point files in its working folder
+    nomad_dir.mkdir(exist_ok=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=str(nomad_dir), preexec_fn=die_with_parent)  # dies with us
     try:
         rc = proc.wait()
     except KeyboardInterrupt:

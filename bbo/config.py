@@ -239,8 +239,10 @@ class ExperimentConfig:
         def plain(obj):
             return dataclasses.asdict(obj)
 
+        model_path = self.resolve(self.model.path)
         fp = {
-            "model": {"path": self.resolve(self.model.path), "dtype": self.model.dtype, "revision": self.model.revision},
+            "model": {"path": model_path, "dtype": self.model.dtype, "revision": self.model.revision,
+                      "identity": _local_model_identity(model_path)},
             "data": plain(self.data),
             "lora": plain(self.lora),
             "train": {k: v for k, v in plain(self.train).items() if k not in ("logging_steps",)},
@@ -260,6 +262,21 @@ class ExperimentConfig:
             out[f.name] = value.to_dict() if isinstance(value, SearchSpace) else (
                 dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
         return out
+
+
+def _local_model_identity(path: str) -> dict | None:
+    """Cheap identity of a local model folder (file sizes, config.json, STAMP): a model replaced
+    at the same path gets new run ids instead of silently reusing runs of the old one."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    identity = {"files": {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}}
+    for name in ("config.json", "STAMP"):
+        for candidate in (folder / name, folder.parent / name):
+            if candidate.is_file():
+                identity[f"{candidate.parent.name}/{name}"] = candidate.read_text()
+                break
+    return identity
 
 
 # ---------------------------------------------------------------- loading

@@ -56,7 +56,10 @@ def test_fault_becomes_a_failed_point(experiment, fault, kind, words):
         assert step <= 3
     entry = json.loads((experiment / "evaluations.jsonl").read_text().splitlines()[-1])
     assert entry["state"] == "failed" and entry["objective"] is None
-    # A failed point is not trained again unless asked (--retry-failed)
+
+
+def test_failed_point_is_answered_from_its_folder_until_retried(experiment):
+    assert blackbox(experiment, "--rank", "4", "--lr", "1e-3", fault="oom@1").returncode == 1
     again = blackbox(experiment, "--rank", "4", "--lr", "1e-3")
     assert again.returncode == 1 and "[cached]" in again.stderr
     retried = blackbox(experiment, "--rank", "4", "--lr", "1e-3", "--retry-failed")
