@@ -137,7 +137,15 @@ def tokenize(record: dict, tokenizer, template: str, max_length: int) -> dict | 
 
 
 def data_key(data: dict, tokenizer_path: str) -> str:
-    blob = json.dumps({"data": data, "tokenizer": tokenizer_path}, sort_keys=True)
+    """Changes with the data settings and with the tokenizer's files (a tokenizer replaced at the
+    same path must not reuse token ids made by the old one)."""
+    files = {}
+    folder = Path(tokenizer_path)
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+                files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    blob = json.dumps({"data": data, "tokenizer": tokenizer_path, "files": files}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
