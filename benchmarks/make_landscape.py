@@ -89,16 +89,20 @@ def grid_points(grid: dict) -> list[dict]:
 
 def space_of(grid: dict) -> dict:
     """The experiment-like `space:` this grid spans (X0 as the demo's: rank 4, k=1, dropout 0, lowest lr)."""
-    lo, hi = grid["multiples"][0], grid["multiples"][-1]
-    if grid["multiples"] != list(range(lo, hi + 1)):
+    ranks, ks, dropouts, lrs = grid["ranks"], grid["multiples"], grid["dropouts"], grid["lrs"]
+    if ks != list(range(ks[0], ks[-1] + 1)):
         raise SystemExit("alpha multiples must be consecutive integers (times_rank spans every integer)")
-    logs = [round(float(math.log10(lr)), 6) for lr in grid["lrs"]]
-    space = {"rank": {"choices": grid["ranks"], "x0": 4 if 4 in grid["ranks"] else grid["ranks"][0]},
-             "alpha": {"times_rank": [lo, hi], "x0": lo} if hi > lo else lo,
-             "dropout": {"choices": grid["dropouts"], "x0": grid["dropouts"][0]} if len(grid["dropouts"]) > 1
-             else grid["dropouts"][0],
-             "lr": {"log10": [min(logs), max(logs)], "x0": min(grid["lrs"])} if len(logs) > 1 else grid["lrs"][0]}
-    return space
+    if len(ks) > 1:
+        alpha = {"times_rank": [ks[0], ks[-1]], "x0": ks[0]}
+    elif len(ranks) == 1:
+        alpha = ks[0] * ranks[0]  # one rank, one multiple: alpha is fixed
+    else:
+        raise SystemExit("give at least two alpha multiples when several ranks are measured")
+    logs = [round(math.log10(lr), 6) for lr in lrs]
+    return {"rank": {"choices": ranks, "x0": 4 if 4 in ranks else ranks[0]},
+            "alpha": alpha,
+            "dropout": {"choices": dropouts, "x0": dropouts[0]} if len(dropouts) > 1 else dropouts[0],
+            "lr": {"log10": [min(logs), max(logs)], "x0": min(lrs)} if len(lrs) > 1 else lrs[0]}
 
 
 def header(args, grid: dict, experiment: Path, n_done: int, n_total: int) -> str:
@@ -115,11 +119,19 @@ def header(args, grid: dict, experiment: Path, n_done: int, n_total: int) -> str
         f"x lr {[canonical(x) for x in grid['lrs']]}; finished {n_done} of {n_total}",
         f"written: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; machine: {platform.machine()} "
         f"{os.cpu_count()} CPU(s), no GPU; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
-        f"versions: {json.dumps(versions)}",
+        f"versions: {json.dumps(versions)}; fixture STAMP: {_fixture_stamp()}",
         "replay (benchmarks/landscapes.py): lr is snapped to the nearest grid value in log10",
         f"space: {json.dumps(space_of(grid))}",
     ]
     return "".join(f"# {line}\n" for line in lines)
+
+
+def _fixture_stamp() -> str:
+    """The demo assets' STAMP (generator and library versions): a regenerated tiny model is another landscape."""
+    from fixtures import DEFAULT_OUT
+
+    stamp = Path(DEFAULT_OUT) / "STAMP"
+    return stamp.read_text().strip() if stamp.exists() else "unknown"
 
 
 def write_csv(path: Path, head: str, rows: list[dict]) -> None:

@@ -28,6 +28,7 @@ then stays as it was.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import multiprocessing
 import os
@@ -74,6 +75,7 @@ DROPPED = {"BB_EXE", "CACHE_FILE", "HISTORY_FILE", "SOLUTION_FILE", "ADD_SEED_TO
 
 # ---------------------------------------------------------------- landscapes
 
+@functools.lru_cache(maxsize=None)
 def landscapes(quick: bool):
     """exp3-like, exp1-like and the measured table (when its CSV is complete); --quick: exp3-like and the table."""
     out = [exp3_like(), exp1_like()]

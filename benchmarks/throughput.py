@@ -10,7 +10,8 @@ Each setup runs `blackbox/train.py`'s own `main` (the exact code the blackbox
 launches) in a fresh process, on a spec.json that differs only where the setups
 differ; the script only instruments it: a counting wrapper around the collator
 train.py builds (real = non-padding tokens, processed = every position the model
-computes) and a step timer (the first --warmup steps are left out).
+computes) and a step timer (the first --warmup steps are left out); the
+validation pass after training is skipped.
 
 Setups (per-device batch --batch-size, grad accum 1, LoRA r=8 alpha=16 on all linear layers, alpaca template,
 max length 512, the demo's synthetic Alpaca+Dolly data):
@@ -132,7 +133,11 @@ def child(setup: str, args) -> dict:
             return AutoModelForCausalLM.from_config(config, dtype=dtype,
                                                     attn_implementation=spec["model"]["attn_implementation"])
 
+    def no_validation(model, dataset, collator, batch_size):
+        return {"val_loss": float("nan"), "val_tokens": 0}  # training throughput only: skip the validation pass
+
     train._collator = counting_collator
+    train.validation_loss = no_validation
     train._callbacks = lambda spec, fault: real_callbacks(spec, fault) + [StepTimer()]
     if args.model_config:
         train._setup_model = random_llama

@@ -82,7 +82,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path, assets):
 
 
 def test_killed_blackbox_leaves_an_incomplete_run_that_is_redone(experiment):
-    env = dict(os.environ, BBO_FAULT="hang@1")
+    env = dict(os.environ, BBO_FAULT="hang@2")  # step 1 logs its loss, step 2 hangs
     proc = subprocess.Popen([sys.executable, "-m", "blackbox", "--experiment", str(experiment), "--rank", "4",
                              "--lr", "1e-3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 120
@@ -112,6 +112,7 @@ def _read(experiment, name):
 def test_nomad_goes_on_after_failed_points(tmp_path, assets):
     experiment = make_experiment(tmp_path, assets, train={"max_steps": 3},
                                  objective={"metric": "val_loss", "extra_outputs": []},
+                                 space={"lr": {"log10": [-5, -1.5], "x0": 1.0e-4}},
                                  nomad={"budget": 4, "seed": 0})
     env = dict(os.environ, BBO_FAULT="error@1,match=-lr1e-05-")  # every point with lr 1e-5 fails
     proc = subprocess.run([sys.executable, "-m", "bbo", "run", str(experiment)], capture_output=True, text=True,

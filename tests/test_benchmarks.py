@@ -1,0 +1,83 @@
+"""The benchmark scripts run end to end (--quick) and print their figures; timings are not checked.
+
+    OMP_NUM_THREADS=1 python -m pytest tests/test_benchmarks.py          # ~1-2 minutes
+    OMP_NUM_THREADS=1 python -m pytest tests/test_benchmarks.py -m slow  # + the LLaMA-2-7B-shaped smoke test
+"""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_env
+
+
+def run_module(module: str, *args: str, timeout: int = 300) -> str:
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=run_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_analytic_landscapes_and_fit_check():
+    sys.path.insert(0, str(REPO))
+    from benchmarks.landscapes import exp1_like, exp3_like, spearman
+
+    exp3, exp1 = exp3_like(), exp1_like()
+    # the documented optima: r=64, alpha=20*64 (exp3-like); r=32, alpha=64, lr=1e-4 (exp1-like)
+    assert exp3.argmin["rank"] == 64 and exp3.argmin["alpha"] == 1280
+    assert exp1.argmin["rank"] == 32 and exp1.argmin["alpha"] == 64 and math.isclose(exp1.argmin["lr"], 1e-4)
+    hp = {"rank": 8, "alpha": 64, "dropout": 0.0, "lr": 3.1622777e-4}
+    assert exp3(hp) == exp3(dict(hp))  # noise is fixed per point
+    assert abs(exp3(hp) - exp3.noise_free(hp)) < 0.01
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_search_efficiency_quick():
+    out = run_module("benchmarks.search_efficiency", "--quick")
+    assert "fit check" in out and "Spearman" in out
+    assert "### exp3-like" in out
+    for row in ("| NOMAD default |", "| Optuna TPE |", "| random |", "| ratio NOMAD default / Optuna TPE |",
+                "| ratio NOMAD default / random |"):
+        assert row in out
+    assert "median evals to 1%" in out
+
+
+def test_make_landscape_quick(tmp_path):
+    out_csv = tmp_path / "landscape.csv"
+    run_module("benchmarks.make_landscape", "--quick", "--out", str(out_csv))
+    sys.path.insert(0, str(REPO))
+    from benchmarks.landscapes import Tabulated
+
+    table = Tabulated(out_csv)  # a complete grid, with its provenance and space in the header
+    assert len(table.table) == 2 and all(math.isfinite(v) for v in table.table.values())
+    assert any(line.startswith("command:") for line in table.provenance)
+    # lr snaps to the nearest grid value in log10
+    assert table({"rank": 4, "alpha": 4, "dropout": 0.0, "lr": 2.5e-3}) == table.table[(4, 4, 0.0, -3.0)]
+    assert table({"rank": 4, "alpha": 4, "dropout": 0.0, "lr": 4e-3}) == table.table[(4, 4, 0.0, -2.0)]
+
+
+def test_throughput_quick():
+    out = run_module("benchmarks.throughput", "--quick")
+    for row in ("| project |", "| original |", "| original-pad512 |"):
+        assert row in out
+    assert "ratio project / original:" in out and "ratio project / original-pad512:" in out
+    project_row = [line for line in out.splitlines() if line.startswith("| project |")][0]
+    assert "| 0.0% |" in project_row  # packing: no padding
+
+
+def test_overhead_quick():
+    out = run_module("benchmarks.overhead", "--quick", "--repeats", "2")
+    for phase in ("process start", "data preparation", "model load", "training", "validation loss", "wall"):
+        assert phase in out
+    assert "same output line as the first call: True" in out
+    assert "torch no, transformers no" in out
+
+
+@pytest.mark.slow
+def test_throughput_llama2_7b_shape_two_layers():
+    out = run_module("benchmarks.throughput", "--model-config", "llama2-7b", "--layers", "2", "--quick",
+                     "--steps", "3", "--batch-size", "1", "--setups", "project,original", timeout=900)
+    assert "LLaMA-2-7B shape, 2 layers" in out and "MFU" in out and "ratio project / original:" in out
