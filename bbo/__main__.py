@@ -76,7 +76,7 @@ def cmd_run(args) -> int:
         return rc
     from bbo.results import load_runs, summary_text
 
-    print(summary_text(load_runs(config.dir), config))
+    print(summary_text(load_runs(config.dir, args.overrides), config))
     return 0
 
 

@@ -23,7 +23,7 @@ from bbo.store import RunStore, read_json, run_id, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "experiments" / "demo"
-ORIGINAL = REPO.parent / "shared" / "data" / "original-bbo3"
+ORIGINAL = REPO / "tests" / "data" / "original-bbo3"  # a copy of shared/data/original-bbo3
 SUBJECTS = {"arithmetic": 0.4, "word_reversal": 0.3}
 
 
@@ -272,8 +272,6 @@ def test_nomad_cache_only(fake):
 
 def test_original_bbo3_history():
     """The original system's real 50-evaluation history (NOMAD 4.3, LLaMA-2-7B, 4xA100)."""
-    if not (ORIGINAL / "history.0.txt").exists():
-        pytest.skip(f"fixture {ORIGINAL} not present")
     bare = load_history_file(ORIGINAL / "history.0.txt", ORIGINAL / "param.txt")
     assert len(bare) == 50 and list(bare.columns[:5]) == ["order", "status", "x1", "x2", "x3"]
     assert list(bare.columns[5:9]) == ["objective", "extra_1", "extra_2", "extra_3"]
