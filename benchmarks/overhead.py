@@ -32,13 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks import REPO  # noqa: E402  (also sets the offline, single-thread defaults)
 
 import yaml  # noqa: E402
 
@@ -46,7 +40,8 @@ DEMO = REPO / "experiments" / "demo"
 WORK = REPO / ".cache" / "benchmarks"
 POINT = ["--rank", "8", "--lr", "1e-3"]  # alpha and dropout take the demo's X0
 
-# What train.py imports before its main() runs (torch, the data and loss modules, then transformers' Trainer).
+# What train.py imports before its phases are timed: torch, the data and loss modules, transformers' Trainer
+# (peft is imported later, inside the model-load phase).
 IMPORTS_ONLY = """import sys, time
 t0 = time.time()
 import torch
@@ -54,7 +49,6 @@ sys.path.insert(0, {repo!r})
 from blackbox.data import load_tokenized
 from eval.loss import validation_loss
 from transformers import Trainer, TrainingArguments
-from peft import get_peft_model
 """
 
 

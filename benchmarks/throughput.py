@@ -29,15 +29,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks import REPO  # noqa: E402  (also sets the offline, single-thread defaults)
 WORK = REPO / ".cache" / "benchmarks" / "throughput"
 
 SETUPS = ["project", "original", "original-pad512"]
@@ -108,7 +101,7 @@ def child(setup: str, args) -> dict:
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
 
     counter, step_ends = None, []
-    real_collator, real_callbacks, real_setup_model = train._collator, train._callbacks, train._setup_model
+    real_collator, real_callbacks = train._collator, train._callbacks
 
     def counting_collator(tokenizer, spec):
         nonlocal counter
