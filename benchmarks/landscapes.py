@@ -125,7 +125,7 @@ class Analytic(Landscape):
         return best[0], dict(best[1])
 
 
-# The original's experiment 3 (shared/data/original-bbo3): rank x alpha multiple x dropout, lr fixed at 10^-3.5.
+# The original's experiment 3 (copied in tests/data/original-bbo3): rank x alpha multiple x dropout, lr fixed at 10^-3.5.
 # Shape from the literature, scale read by eye off that run (q,v-only LoRA, where rank mattered):
 # best r=64, alpha/r ~ 20, loss 0.820; r=8 at X0 0.876; untrained ~0.895; dropout 0.1 costs ~0.007.
 EXP3_SPACE = {
@@ -218,7 +218,7 @@ def all_landscapes(csv_path: Path | None = None) -> list[Landscape]:
 # ---------------------------------------------------------------- fit check against the original's real run
 
 def read_bbo3_history(path: Path) -> list[tuple[dict, float]]:
-    """The 50 (hyperparameters, val loss) of shared/data/original-bbo3/history.0.txt."""
+    """The 50 (hyperparameters, val loss) of tests/data/original-bbo3/history.0.txt (the original run)."""
     from bbo.space import SearchSpace
 
     space = SearchSpace.from_dict(EXP3_SPACE)
