@@ -23,7 +23,7 @@ from bbo.store import RunStore, read_json, run_id, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "experiments" / "demo"
-ORIGINAL = REPO / "tests" / "data" / "original-bbo3"  # a copy of shared/data/original-bbo3
+ORIGINAL = REPO / "tests" / "data" / "original-bbo3"  # the original code's real experiment-3 run
 SUBJECTS = {"arithmetic": 0.4, "word_reversal": 0.3}
 
 
