@@ -136,8 +136,10 @@ class RunStore:
         with open(self.experiment_dir / ".evaluations.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             n = len(self.evaluations()) + 1
+            old = self.index_path.read_bytes() if self.index_path.exists() else b""
+            torn = old and not old.endswith(b"\n")  # a crash mid-write: keep the loss to that one line
             with open(self.index_path, "a") as f:
-                f.write(json.dumps(dict(entry, n=n), default=str) + "\n")
+                f.write(("\n" if torn else "") + json.dumps(dict(entry, n=n), default=str) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
         return n

@@ -88,3 +88,25 @@ def test_a_block_of_points_is_evaluated_in_parallel(tmp_path, assets):
     assert second["started"] < first["finished"]  # the two trainings overlapped
     entries = [json.loads(line) for line in (experiment / "evaluations.jsonl").read_text().splitlines()]
     assert sorted(e["n"] for e in entries) == [1, 2]
+
+
+def test_store_survives_torn_files_left_by_a_crash(tmp_path):
+    """A crash mid-write leaves a torn index line or garbage JSON: both read as missing, never as results."""
+    from bbo.store import RunStore, write_json
+
+    store = RunStore(tmp_path)
+    assert store.record({"run_id": "a"}) == 1
+    with open(store.index_path, "a") as f:
+        f.write('{"run_id": "b", "n"')  # torn: the writer died here
+    assert [e["run_id"] for e in store.evaluations()] == ["a"]
+    assert store.record({"run_id": "c"}) == 2
+    assert [e["run_id"] for e in store.evaluations()] == ["a", "c"]
+
+    with store.lock("r1"):
+        run_dir = store.begin("r1", {"hp": {}})
+    write_json(run_dir / "status.json", dict(store.status("r1"), state="ok"))
+    (run_dir / "metrics.json").write_text('{"objective": 1.2')  # half-written metrics
+    assert store.finished("r1") is None  # an incomplete run, to be redone
+    with store.lock("r1"):
+        store.begin("r1", {"hp": {}})
+    assert store.status("r1")["attempt"] == 2 and any((tmp_path / "runs" / "_incomplete").iterdir())
