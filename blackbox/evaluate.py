@@ -301,14 +301,20 @@ def _provenance(config: ExperimentConfig) -> dict:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        commit = None
+    commit = _git("rev-parse", "HEAD") or None
+    changes = _git("status", "--porcelain", "--untracked-files=no", "--", "bbo", "blackbox", "eval")
     return {"config": config.to_dict(), "versions": versions, "python": sys.version.split()[0],
-            "git_commit": commit, "host": socket.gethostname(), "argv": sys.argv, "time": time.time(),
+            "git_commit": commit, "git_dirty": None if commit is None else bool(changes),
+            "host": socket.gethostname(), "argv": sys.argv, "time": time.time(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def _git(*args: str) -> str:
+    """The output of a git command in the project, or "" outside a git checkout."""
+    try:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
 
 
 # ---------------------------------------------------------------- progress

@@ -37,7 +37,9 @@ def test_hand_form_trains_writes_the_run_folder_and_then_reuses_it(tiny_experime
     status = json.loads((run_dir / "status.json").read_text())
     params = json.loads((run_dir / "params.json").read_text())
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    provenance = json.loads((run_dir / "provenance.json").read_text())
     assert status["state"] == "ok"
+    assert provenance["versions"]["peft"] and isinstance(provenance["git_dirty"], (bool, type(None)))
     assert params["hp"] == {"rank": 4, "alpha": 8, "dropout": 0.05, "lr": 0.003}
     assert params["point"] == [2, 2, 2, -2.52288]  # rank index 2, alpha 2 x rank, dropout index 2, log10(lr)
     assert adapter["r"] == 4 and adapter["lora_alpha"] == 8 and adapter["lora_dropout"] == 0.05
