@@ -135,9 +135,9 @@ class RunStore:
         self.experiment_dir.mkdir(parents=True, exist_ok=True)
         with open(self.experiment_dir / ".evaluations.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            n = len(self.evaluations()) + 1
-            old = self.index_path.read_bytes() if self.index_path.exists() else b""
-            torn = old and not old.endswith(b"\n")  # a crash mid-write: keep the loss to that one line
+            text = self.index_path.read_text() if self.index_path.exists() else ""
+            n = len(_parse_lines(text)) + 1
+            torn = text and not text.endswith("\n")  # a crash mid-write: keep the loss to that one line
             with open(self.index_path, "a") as f:
                 f.write(("\n" if torn else "") + json.dumps(dict(entry, n=n), default=str) + "\n")
                 f.flush()
@@ -148,15 +148,20 @@ class RunStore:
         """Every answer so far, in order; a torn last line (crash mid-write) is skipped."""
         if not self.index_path.exists():
             return []
-        out = []
-        for line in self.index_path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
+        return _parse_lines(self.index_path.read_text())
 
     def run_ids(self) -> list[str]:
         if not self.root.exists():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+def _parse_lines(text: str) -> list[dict]:
+    """The JSON lines of the index; a torn one is skipped."""
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
