@@ -7,8 +7,8 @@ experiment settings and the point's hyperparameters) and writes, from the main
 process, <run dir>/adapter/ and <run dir>/train_result.json. A failure writes
 <run dir>/error.json ({"kind": "oom" | "diverged" | "error" | ...}) and exits non-zero.
 
-Fault injection for tests (docs/failures.md): BBO_FAULT=<kind>@<step>[,match=<text in run id>]
-with kind oom | nan | error | hang | crash; or BBO_FAULT=<kind> for eval_error | garbage_metrics.
+Fault injection for tests (docs/failures.md): BBO_FAULT=<kind>@<step>[,match=<text in run id>][,rank=<r>]
+with kind oom | nan | error | hang | crash; or BBO_FAULT=<kind> for eval_error | garbage_metrics | load_model.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 
 from bbo.procs import on_death_of  # noqa: E402
 from blackbox.data import load_tokenized  # noqa: E402
+from blackbox.model import load_model, load_tokenizer, resolve_dtype  # noqa: E402
 from eval.loss import validation_loss  # noqa: E402
 
 
@@ -40,38 +41,33 @@ def _read_spec(run_dir: Path) -> dict:
 
 
 def _device_and_dtype(spec: dict) -> tuple[str, torch.dtype, str]:
-    """bf16 weights and bf16 compute on GPU; fp32 on CPU (bf16 matmuls are slow there)."""
+    """bf16 weights and bf16 compute on GPU; fp32 on CPU (bf16 matmuls are slow there); torch decides."""
     on_gpu = torch.cuda.is_available()
-    dtype_name = spec["model"]["dtype"]
-    if dtype_name == "auto":
-        dtype_name = "bfloat16" if on_gpu else "float32"
+    dtype = resolve_dtype("bfloat16" if spec["model"].get("quantization") else spec["model"]["dtype"])
     precision = spec["train"]["precision"]
     if precision == "auto":
         precision = "bf16" if on_gpu else "fp32"
-    return ("cuda" if on_gpu else "cpu"), getattr(torch, dtype_name), precision
+    return ("cuda" if on_gpu else "cpu"), dtype, precision
 
 
 def _setup_tokenizer(spec: dict):
-    from transformers import AutoTokenizer
-
     model = spec["model"]
-    tokenizer = AutoTokenizer.from_pretrained(model["path"], revision=model["revision"],
-                                              trust_remote_code=model["trust_remote_code"])
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    return tokenizer
+    return load_tokenizer(model["path"], model["revision"], model["trust_remote_code"])
 
 
 def _setup_model(spec: dict, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM
-
     model = spec["model"]
-    loaded = AutoModelForCausalLM.from_pretrained(
-        model["path"], revision=model["revision"], dtype=dtype,
-        attn_implementation=model["attn_implementation"], trust_remote_code=model["trust_remote_code"])
-    # No KV cache: with one, transformers skips its packed-sequence detection and packed examples
-    # would attend to each other (measured: a different loss than the same examples padded).
-    loaded.config.use_cache = False
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    loaded = load_model(model["path"], dtype=dtype, revision=model["revision"],
+                        attn_implementation=model["attn_implementation"],
+                        trust_remote_code=model["trust_remote_code"], quantization=model.get("quantization"),
+                        device=device)
+    if model.get("quantization"):  # QLoRA: norms in fp32, inputs that need grads, as peft recommends
+        from peft import prepare_model_for_kbit_training
+
+        loaded = prepare_model_for_kbit_training(
+            loaded, use_gradient_checkpointing=spec["train"]["gradient_checkpointing"],
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     return loaded
 
 
@@ -116,10 +112,14 @@ def _parse_fault(run_dir: Path) -> dict | None:
     text = os.environ.get("BBO_FAULT", "").strip()
     if not text:
         return None
-    head, _, option = text.partition(",")
+    head, _, options = text.partition(",")
     kind, _, step = head.partition("@")
-    if option.startswith("match=") and option[len("match="):] not in run_dir.name:
-        return None
+    for option in filter(None, options.split(",")):
+        name, _, value = option.partition("=")
+        if name == "match" and value not in run_dir.name:
+            return None
+        if name == "rank" and value != os.environ.get("RANK", "0"):
+            return None
     return {"kind": kind, "step": int(step) if step else None}
 
 
@@ -158,10 +158,14 @@ def _callbacks(spec: dict, fault: dict | None):
     return [StopOnDivergence(), InjectFault()]
 
 
-def _write_error(run_dir: Path, kind: str, message: str, is_main: bool) -> None:
-    if is_main:
-        from bbo.store import write_json
-        write_json(run_dir / "error.json", {"kind": kind, "message": message[:2000]})
+def _write_error(run_dir: Path, kind: str, message: str) -> None:
+    """Every process that fails says why (error.json from rank 0, error.rank<r>.json from the others):
+    an OOM on rank 3 is reported as oom, not as the crash the other ranks see after it."""
+    from bbo.store import write_json
+
+    rank = int(os.environ.get("RANK", "0"))
+    name = "error.json" if rank == 0 else f"error.rank{rank}.json"
+    write_json(run_dir / name, {"kind": kind, "message": message[:2000], "rank": rank})
 
 
 # ---------------------------------------------------------------- main
@@ -178,39 +182,47 @@ def main(run_dir: Path) -> int:
     train_cfg = spec["train"]
     set_seed(train_cfg["seed"])
 
-    # Phase 1: data. The tokenizer comes first; the tokenized split is cached per experiment.
-    t_start = time.time()
-    tokenizer = _setup_tokenizer(spec)
-    train_set, val_set = load_tokenized(spec["data"], tokenizer, spec["model"]["path"], spec["cache_dir"])
-    collator = _collator(tokenizer, spec)
-    t_data = time.time()
-
-    # Phase 2: model, in its training dtype from the start (never fp32 weights on GPU), then LoRA.
-    model = _setup_model(spec, dtype)
-    if train_cfg["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model = _setup_lora(model, spec)
-    t_model = time.time()
-
-    # Phase 3: train.
-    args = TrainingArguments(
-        output_dir=str(run_dir / "trainer"), seed=train_cfg["seed"], data_seed=train_cfg["seed"],
-        num_train_epochs=train_cfg["epochs"], max_steps=train_cfg["max_steps"],
-        per_device_train_batch_size=train_cfg["per_device_batch_size"],
-        gradient_accumulation_steps=train_cfg["grad_accum"],
-        learning_rate=spec["hp"]["lr"], lr_scheduler_type=train_cfg["lr_scheduler"],
-        warmup_steps=train_cfg["warmup_ratio"], weight_decay=train_cfg["weight_decay"],
-        max_grad_norm=train_cfg["max_grad_norm"],
-        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
-        logging_steps=train_cfg["logging_steps"], logging_nan_inf_filter=False,
-        save_strategy="no", report_to=[], disable_tqdm=True, remove_unused_columns=False,
-        dataloader_num_workers=0, ddp_find_unused_parameters=False,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
-                      callbacks=_callbacks(spec, fault))
-    phase = "error"  # the error kind a plain exception gets: training, then evaluation
+    # Every phase names the error kind a plain exception in it gets (the blackbox reports it and
+    # `bbo run` names the fix): a model that cannot be loaded is not a bad point.
+    phase = "load_tokenizer"
     try:
+        # Phase 1: data. The tokenizer comes first; the tokenized split is cached per experiment.
+        t_start = time.time()
+        tokenizer = _setup_tokenizer(spec)
+        phase = "load_data"
+        train_set, val_set = load_tokenized(spec["data"], tokenizer, spec["model"]["path"], spec["cache_dir"])
+        collator = _collator(tokenizer, spec)
+        t_data = time.time()
+
+        # Phase 2: model, in its training dtype from the start (never fp32 weights on GPU), then LoRA.
+        phase = "load_model"
+        if fault and fault["kind"] == "load_model":
+            raise OSError("injected fault: cannot load the model")
+        model = _setup_model(spec, dtype)
+        if train_cfg["gradient_checkpointing"] and not spec["model"].get("quantization"):  # 4-bit: done above
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model = _setup_lora(model, spec)
+        t_model = time.time()
+
+        # Phase 3: train.
+        phase = "error"
+        args = TrainingArguments(
+            output_dir=str(run_dir / "trainer"), seed=train_cfg["seed"], data_seed=train_cfg["seed"],
+            num_train_epochs=train_cfg["epochs"], max_steps=train_cfg["max_steps"],
+            per_device_train_batch_size=train_cfg["per_device_batch_size"],
+            gradient_accumulation_steps=train_cfg["grad_accum"],
+            learning_rate=spec["hp"]["lr"], lr_scheduler_type=train_cfg["lr_scheduler"],
+            # a float below 1 is a ratio of the total steps in the pinned transformers (warmup_ratio is gone)
+            warmup_steps=train_cfg["warmup_ratio"], weight_decay=train_cfg["weight_decay"],
+            max_grad_norm=train_cfg["max_grad_norm"],
+            bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
+            logging_steps=train_cfg["logging_steps"], logging_nan_inf_filter=False,
+            save_strategy="no", report_to=[], disable_tqdm=True, remove_unused_columns=False,
+            dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
+                          callbacks=_callbacks(spec, fault))
         result = trainer.train()
         t_train = time.time()
         phase = "eval"
@@ -219,13 +231,13 @@ def main(run_dir: Path) -> int:
         # Phase 4: validation loss on the held-out split (all processes take part).
         val = validation_loss(trainer.model, val_set, collator, train_cfg["per_device_batch_size"])
     except Diverged as e:
-        _write_error(run_dir, "diverged", str(e), is_main)
+        _write_error(run_dir, "diverged", str(e))
         return 3
     except torch.OutOfMemoryError as e:
-        _write_error(run_dir, "oom", str(e), is_main)
+        _write_error(run_dir, "oom", str(e))
         return 4
     except Exception as e:  # noqa: BLE001 - recorded with its type; the blackbox reports a failed point
-        _write_error(run_dir, phase, f"{type(e).__name__}: {e}", is_main)
+        _write_error(run_dir, phase, f"{type(e).__name__}: {e}")
         raise
     t_eval = time.time()
 

@@ -1,7 +1,12 @@
 """MMLU accuracy of a base model plus optional LoRA adapter, through lm-eval, offline.
 
     python -m eval.mmlu --model PATH [--adapter PATH] [--task mmlu_local] [--data-dir DIR] \
-        [--num-fewshot 5] [--limit N] [--batch-size 8] [--dtype float32] [--device cpu] [--out metrics.json]
+        [--num-fewshot 5] [--limit N] [--batch-size 8] [--dtype auto] [--device auto] [--out metrics.json]
+    accelerate launch --multi_gpu --num_processes 4 -m eval.mmlu ...   # data-parallel over 4 GPUs
+
+`--device auto` / `--dtype auto` are resolved by torch here: the first GPU torch sees and
+bfloat16, else CPU and float32. Under `accelerate launch` lm-eval shards the questions over
+the processes (one per GPU) and only the main process writes the result.
 
 task="mmlu_local" (default) reads `data_dir/dev.jsonl` (few-shot examples) and
 `data_dir/test.jsonl`, one cais/mmlu-style object per line
@@ -16,8 +21,7 @@ task="mmlu" runs the stock lm-eval task, which downloads cais/mmlu from the hub.
 Both return {"mmlu": acc, "mmlu_stderr", "mmlu_subjects": {subject: acc},
 "mmlu_n": examples scored, "lm_eval_version"}; "mmlu" is the mean over all scored
 examples (subjects weighted by size), as lm-eval's stock group reports it.
-lm-eval is imported inside the function: the orchestrator imports this module
-and must stay light.
+lm-eval and torch are imported inside the functions: `--help` and the checks stay light.
 """
 from __future__ import annotations
 
@@ -37,20 +41,34 @@ _SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def evaluate_mmlu(model_path: str, adapter_path: str | None, *, task: str = "mmlu_local", data_dir: str | None = None,
-                  num_fewshot: int = 5, limit: int | None = None, batch_size: int = 8, dtype: str = "float32",
-                  device: str = "cpu", trust_remote_code: bool = False, work_dir: str | None = None) -> dict:
+                  num_fewshot: int = 5, limit: int | None = None, batch_size: int = 8, dtype: str = "auto",
+                  device: str = "auto", quantization: str | None = None, trust_remote_code: bool = False,
+                  work_dir: str | None = None) -> dict | None:
     """returns {"mmlu": float acc in [0,1], "mmlu_stderr": float|None, "mmlu_subjects": {subject: acc}, "mmlu_n": int, "lm_eval_version": str}
 
     `limit` caps the examples per subject. ValueError for bad arguments or data.
+    None on the other processes of a data-parallel run (only the main one gets the result).
     """
     summary, _ = _evaluate(model_path, adapter_path, task=task, data_dir=data_dir, num_fewshot=num_fewshot,
-                           limit=limit, batch_size=batch_size, dtype=dtype, device=device,
+                           limit=limit, batch_size=batch_size, dtype=dtype, device=device, quantization=quantization,
                            trust_remote_code=trust_remote_code, work_dir=work_dir, log_samples=False)
     return summary
 
 
+def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
+    """`auto` from torch: the GPU and bfloat16 when torch sees one, else CPU and float32."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    if device == "auto":
+        device = "cuda" if on_gpu else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, dtype
+
+
 def _evaluate(model_path, adapter_path, *, task, data_dir, num_fewshot, limit, batch_size, dtype, device,
-              trust_remote_code, work_dir, log_samples) -> tuple[dict, dict]:
+              trust_remote_code, work_dir, log_samples, quantization=None) -> tuple[dict | None, dict | None]:
     """(summary, raw lm-eval results); tests use log_samples=True to see per-example log-likelihoods."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
@@ -75,17 +93,42 @@ def _evaluate(model_path, adapter_path, *, task, data_dir, num_fewshot, limit, b
 
         hint_filter = _DropLogLines("Custom kwargs can be passed")  # one warning per subject; our kwargs are in the YAML
         logging.getLogger("lm_eval.api.task").addFilter(hint_filter)
-        model_args = {"pretrained": model_path, "dtype": dtype, "trust_remote_code": trust_remote_code}
-        if adapter_path:
-            model_args["peft"] = adapter_path
+        device, dtype = resolve_device_dtype(device, dtype)
+        if quantization:  # the same 4-bit base the adapter was trained on, built by the shared loader
+            model, model_args = _quantized_lm(model_path, adapter_path, quantization, device, batch_size,
+                                              trust_remote_code), None
+        else:
+            model = "hf"
+            model_args = {"pretrained": model_path, "dtype": dtype, "trust_remote_code": trust_remote_code}
+            if adapter_path:
+                model_args["peft"] = adapter_path
         try:
             raw = lm_eval.simple_evaluate(
-                model="hf", model_args=model_args, tasks=[task], num_fewshot=fewshot_arg, limit=limit,
+                model=model, model_args=model_args, tasks=[task], num_fewshot=fewshot_arg, limit=limit,
                 batch_size=batch_size, device=device, task_manager=task_manager, log_samples=log_samples,
             )
         finally:
             logging.getLogger("lm_eval.api.task").removeFilter(hint_filter)
+    if raw is None:  # not the main process of a data-parallel run
+        return None, None
     return summarize(raw, task, lm_eval.__version__), raw
+
+
+def _quantized_lm(model_path, adapter_path, quantization, device, batch_size, trust_remote_code):
+    """lm-eval's HF wrapper around a 4-bit base (+ adapter) loaded by blackbox/model.py: lm-eval's own
+    `load_in_4bit` argument no longer reaches the pinned transformers. One process (no data parallelism)."""
+    from lm_eval.models.huggingface import HFLM
+    from peft import PeftModel
+
+    from blackbox.model import load_model, load_tokenizer, resolve_dtype
+
+    model = load_model(model_path, dtype=resolve_dtype("bfloat16"), quantization=quantization,
+                       trust_remote_code=trust_remote_code, device=device)
+    if adapter_path:
+        model = PeftModel.from_pretrained(model, adapter_path)
+    model.eval()
+    return HFLM(pretrained=model, tokenizer=load_tokenizer(model_path, trust_remote_code=trust_remote_code),
+                batch_size=batch_size)
 
 
 def validate_data(data_dir: str | None, num_fewshot: int) -> list[str]:
@@ -227,8 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-fewshot", type=int, default=5)
     parser.add_argument("--limit", type=int, default=None, help="max examples per subject")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--device", default="auto", help="auto (a GPU if torch sees one), cuda, cuda:N or cpu")
+    parser.add_argument("--quantization", default=None, choices=["4bit"], help="4bit: NF4 base weights (QLoRA)")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--work-dir", default=None, help="where to write the generated task YAMLs (default: temp)")
     parser.add_argument("--out", default=None, help="also write the result JSON here")
@@ -236,14 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = evaluate_mmlu(args.model, args.adapter, task=args.task, data_dir=args.data_dir,
                                num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
-                               dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-                               work_dir=args.work_dir)
+                               dtype=args.dtype, device=args.device, quantization=args.quantization,
+                               trust_remote_code=args.trust_remote_code, work_dir=args.work_dir)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if result is None:  # another process of a data-parallel run: the main one writes the result
+        return 0
     text = json.dumps(result, indent=2)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(args.out)  # atomic: a reader never sees half a result
     print(text)
     return 0
 
