@@ -1,6 +1,7 @@
 """The optimiser's command line.
 
-    python -m bbo run experiments/demo [key=value ...]   # NOMAD search (PyNomad in a child process)
+    python -m bbo run experiments/demo [key=value ...] [--retry-failed]   # NOMAD search (PyNomad in a child)
+    python -m bbo plan experiments/demo [--gpus 4xA100-80GB]             # checks, memory and time, before any GPU time
     python -m bbo check experiments/demo                 # validate experiment.yaml and param.txt
     python -m bbo paramfile experiments/demo             # (re)write param.txt and bb.sh from experiment.yaml
     python -m bbo results experiments/demo [--csv F] [--parquet F]
@@ -15,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from bbo.config import ConfigError, load_config
 
@@ -22,8 +24,10 @@ from bbo.config import ConfigError, load_config
 def cmd_check(args) -> int:
     from bbo import paramfile
 
+    from bbo.preflight import check_inputs
+
     config = load_config(args.experiment, args.overrides)
-    _check_inputs(config)
+    check_inputs(config)
     if (config.dir / "param.txt").exists():
         paramfile.check(config)
     import yaml
@@ -43,30 +47,58 @@ def cmd_paramfile(args) -> int:
 
 
 def cmd_run(args) -> int:
-    """Validate everything first, then run NOMAD in a child: a NOMAD crash becomes an error line."""
+    """Check everything first, then run NOMAD in a child: a NOMAD crash becomes an error line."""
     from bbo import paramfile
+    from bbo.nomadfiles import drop_failed
+    from bbo.preflight import GPU_SLOTS_ENV, check_before_training
+    from bbo.procs import die_with_parent
+    from blackbox.evaluate import stop_file
 
     config = load_config(args.experiment, args.overrides)
-    _check_inputs(config)
-    paramfile.write(load_config(args.experiment))  # the generated file follows experiment.yaml
-    # The overrides travel in the environment: NOMAD's child and every blackbox it starts read them.
-    env = dict(os.environ, BBO_OVERRIDES=json.dumps(list(args.overrides)), BBO_DRIVER_PID=str(os.getpid()))
-    cmd = [sys.executable, "-m", "bbo.nomad", "--experiment", str(config.dir), "--resume"]
-    print(f"NOMAD search: {config.name}, budget {config.nomad.budget}, "
-          f"{config.space.dimension} variables ({' '.join(config.space.names())}); runs in {config.dir / 'runs'}",
-          flush=True)
-    from bbo.procs import die_with_parent
+    slots, warnings = check_before_training(config)  # nothing trains before these pass
+    if any(slots):  # on GPUs: the plan's memory verdict and timeout check, estimated (not a stop)
+        from bbo.plan import plan_warnings
 
-    nomad_dir = config.dir / "nomad"  # NOMAD writes its temporary point files in its working folder
+        warnings += plan_warnings(config)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    paramfile.write(load_config(args.experiment))  # the generated file follows experiment.yaml
+    nomad_dir = config.dir / paramfile.NOMAD_DIR  # NOMAD writes its temporary point files in its working folder
     nomad_dir.mkdir(exist_ok=True)
-    proc = subprocess.Popen(cmd, env=env, cwd=str(nomad_dir), preexec_fn=die_with_parent)  # dies with us
+    if args.retry_failed:
+        dropped = drop_failed(config.dir / paramfile.CACHE_FILE)
+        print(f"retrying failed points: {dropped} removed from NOMAD's cache; their run folders are trained again",
+              file=sys.stderr)
+    search = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    # The overrides travel in the environment: NOMAD's child and every blackbox it starts read them.
+    env = dict(os.environ, BBO_OVERRIDES=json.dumps(list(args.overrides)), BBO_DRIVER_PID=str(os.getpid()),
+               BBO_SEARCH_ID=search, BBO_RETRY_FAILED="1" if args.retry_failed else "0",
+               **{GPU_SLOTS_ENV: json.dumps(slots)})  # checked above: the blackboxes need not import torch
+    cmd = [sys.executable, "-m", "bbo.nomad", "--experiment", str(config.dir), "--resume"]
+    where = ", ".join("+".join(s) if s else "CPU" for s in slots) if slots[0] is not None else "CPU"
+    print(f"NOMAD search: {config.name}, budget {config.nomad.budget}, "
+          f"{config.space.dimension} variables ({' '.join(config.space.names())}); "
+          f"{config.launch.parallel} at a time on {where}; runs in {config.dir / 'runs'}", flush=True)
+    # NOMAD (and the blackboxes it starts) in a process group of its own, so that stopping the search
+    # stops all of it; it dies with us too.
+    proc = subprocess.Popen(cmd, env=env, cwd=str(nomad_dir), preexec_fn=die_with_parent, start_new_session=True,
+                            stdout=subprocess.PIPE, text=True, bufsize=1)
+    stopped = _stop_when_failing(proc, stop_file(config), search)
     try:
+        for line in proc.stdout:  # NOMAD's display, less a line that misleads here
+            if "increase the buffer size" not in line:
+                print(line, end="", flush=True)
         rc = proc.wait()
     except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
+        _signal_group(proc, signal.SIGINT)
         rc = proc.wait()
         print("interrupted: finished evaluations are kept; run the same command to continue", file=sys.stderr)
         return 130
+    if stopped:  # the blackbox wrote the stop file: its first trainings all failed the same way
+        print(f"error: search stopped: {stopped[0]['message']}\nfix: {stopped[0]['fix']}\n"
+              f"nothing more was trained; after the fix: python -m bbo run {args.experiment} --retry-failed",
+              file=sys.stderr)
+        return 1
     if rc < 0:
         print(f"error: NOMAD died with signal {signal.Signals(-rc).name}; finished evaluations are kept in "
               f"{config.dir / 'runs'}; run the same command to continue", file=sys.stderr)
@@ -77,7 +109,104 @@ def cmd_run(args) -> int:
     from bbo.results import load_runs, summary_text
 
     print(summary_text(load_runs(config.dir, args.overrides), config))
-    return 0
+    return _no_success_error(config, search)
+
+
+def _stop_when_failing(proc, path, search: str) -> list[dict]:
+    """Watch for the stop file of this search and end NOMAD's process group when it appears.
+
+    NOMAD runs in C++ and holds Python's GIL, so it cannot watch for itself. Returns a list that
+    holds the stop record once the search was stopped.
+    """
+    import threading
+
+    from bbo.store import read_json
+
+    stopped = []
+
+    def watch():
+        while proc.poll() is None:
+            stop = read_json(path)
+            if isinstance(stop, dict) and stop.get("search") == search:
+                stopped.append(stop)
+                _signal_group(proc, signal.SIGTERM)
+                return
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return stopped
+
+
+def _signal_group(proc, sig) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _no_success_error(config, search: str) -> int:
+    """A search in which no evaluation succeeded is an error, with the failure kind and its fix."""
+    from collections import Counter
+
+    from bbo.store import RunStore
+    from blackbox.evaluate import fix_for
+
+    every = RunStore(config.dir).evaluations()
+    answers = [e for e in every if e.get("search") == search]
+    if any(e.get("state") == "ok" for e in answers):
+        return 0
+    if not answers:  # NOMAD asked nothing: the budget is spent, or its cache answered everything
+        if any(e.get("state") == "ok" for e in every):
+            return 0
+        failed = [e for e in every if e.get("state") == "failed"]
+        if not failed:
+            print("error: this search evaluated nothing and no evaluation has succeeded yet", file=sys.stderr)
+            return 1
+        answers = failed
+        intro = f"no evaluation has succeeded yet; NOMAD answered this search from its cache of {len(failed)} failed"
+    else:
+        intro = f"no evaluation of this search succeeded ({len(answers)} failed"
+        cached = sum(1 for e in answers if e.get("cached"))
+        if cached:
+            intro += f"; {cached} answered from earlier failed runs"
+    kind, n = Counter(e.get("error_kind") or "unknown" for e in answers).most_common(1)[0]
+    print(f"error: {intro}, {n} with {kind}); fix: {fix_for(kind)}", file=sys.stderr)
+    return 1
+
+
+def cmd_plan(args) -> int:
+    """The checks every search runs before training, then memory, time and disk; exit 1 if a check
+    fails or the largest point does not fit."""
+    from bbo.plan import detect_gpus, estimate, parse_gpus
+    from bbo.preflight import PreflightError, check_hub, check_inputs, gpu_slots
+
+    config = load_config(args.experiment, args.overrides)
+    gpus = parse_gpus(args.gpus) if args.gpus else None
+    problems, notes = [], []
+    for name, check in (("inputs", lambda: check_inputs(config)), ("hub", lambda: notes.extend(check_hub(config)))):
+        try:
+            check()
+        except PreflightError as e:
+            problems.append(str(e))
+    if gpus is None:  # the GPUs of this machine, as a search here would use them
+        try:
+            slots = gpu_slots(config)
+            gpus = detect_gpus()
+            if slots[0] is None:
+                notes.append("torch sees no GPU here: evaluations would run on CPU (give --gpus to plan for a "
+                             "GPU server)")
+        except PreflightError as e:
+            problems.append(str(e))
+    plan = estimate(config, gpus, quantization=args.quantization, tokens_per_second=args.tokens_per_second,
+                    train_tokens=args.train_tokens)
+    print(f"checks for {config.name}: " + ("all passed" if not problems else f"{len(problems)} failed"))
+    for line in problems:
+        print(f"  error: {line}")
+    for line in notes:
+        print(f"  note: {line}")
+    print()
+    print(plan.text(), end="")
+    return 1 if problems or plan.verdict == "does not fit" else 0
 
 
 def cmd_results(args) -> int:
@@ -109,12 +238,6 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _check_inputs(config) -> None:
-    from blackbox.__main__ import _check_inputs_exist
-
-    _check_inputs_exist(config)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bbo", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -124,7 +247,20 @@ def main(argv=None) -> int:
         s = sub.add_parser(name, help=help_text)
         s.add_argument("experiment")
         s.add_argument("overrides", nargs="*", metavar="key=value")
+        if name == "run":
+            s.add_argument("--retry-failed", action="store_true",
+                           help="train failed points again (after fixing their cause)")
         s.set_defaults(fn=fn)
+    s = sub.add_parser("plan", help="check an experiment and estimate memory, time and disk before any training")
+    s.add_argument("experiment")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.add_argument("--gpus", help="the server to plan for, e.g. 4xA100-80GB, 1xA100-40GB, 8xH100-80GB "
+                                  "(default: the GPUs torch sees here)")
+    s.add_argument("--tokens-per-second", type=float, help="training tokens/s per GPU (default: a cited figure)")
+    s.add_argument("--train-tokens", type=int, help="tokens in the training split, one epoch, when the data or "
+                                                    "tokenizer is on the hub")
+    s.add_argument("--quantization", choices=["4bit"], help="plan for a 4-bit (QLoRA) base instead of the config's")
+    s.set_defaults(fn=cmd_plan)
     s = sub.add_parser("results", help="print the table of runs")
     s.add_argument("experiment")
     s.add_argument("--csv")

@@ -11,6 +11,8 @@ are parsed as YAML scalars (`train.lr_scheduler=linear`, `launch.num_processes=2
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 import types
@@ -34,10 +36,13 @@ class ModelConfig:
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
     trust_remote_code: bool = False  # off unless you trust the model's repository
     revision: str | None = None
+    quantization: str | None = None  # 4bit = QLoRA: NF4 base weights (bitsandbytes), bf16 compute
 
     def check(self):
         _one_of("model.dtype", self.dtype, ["auto", "float32", "bfloat16", "float16"])
         _one_of("model.attn_implementation", self.attn_implementation, ["sdpa", "eager", "flash_attention_2"])
+        if self.quantization is not None:
+            _one_of("model.quantization", self.quantization, ["4bit"])
 
 
 @dataclass
@@ -122,13 +127,15 @@ class TrainConfig:
 class LaunchConfig:
     num_processes: int = 1  # processes (GPUs) per evaluation, run by `accelerate launch`
     parallel: int = 1  # evaluations at once; each gets its own num_processes GPUs
-    gpus: list[int] | None = None  # GPU ids to use (default: CUDA_VISIBLE_DEVICES, else all)
+    device: str = "auto"  # auto = the GPUs torch sees, else CPU; cuda = GPUs or a clear error; cpu
+    gpus: list[int] | None = None  # indices into the GPUs torch sees (default: all); [0, 0] shares GPU 0 by 2 slots
     timeout_minutes: float | None = None  # wall-clock limit of one evaluation; the whole process group is killed
     accelerate_args: list[str] = field(default_factory=list)  # extra `accelerate launch` options
 
     def check(self):
         _positive("launch.num_processes", self.num_processes)
         _positive("launch.parallel", self.parallel)
+        _one_of("launch.device", self.device, ["auto", "cuda", "cpu"])
         _positive("launch.timeout_minutes", self.timeout_minutes, allow_none=True)
 
 
@@ -195,9 +202,13 @@ class NomadConfig:
     seed: int = 0
     lh_search: list[int] | None = None  # LH_SEARCH [initial, per-iteration] Latin-hypercube points
     extra_lines: list[str] = field(default_factory=list)  # more NOMAD parameter lines, written as given
+    count_failed: bool = False  # a resumed search counts its failed evaluations against the budget
+    stop_after_failures: int = 3  # the first N evaluations of a search all failing the same way stop it (0: never)
 
     def check(self):
         _positive("nomad.budget", self.budget)
+        if self.stop_after_failures < 0:
+            raise ConfigError(f"nomad.stop_after_failures: must be >= 0, got {self.stop_after_failures}")
         if self.lh_search is not None and (len(self.lh_search) != 2 or min(self.lh_search) < 0):
             raise ConfigError(f"nomad.lh_search: must be two integers >= 0, got {self.lh_search}")
 
@@ -241,16 +252,21 @@ class ExperimentConfig:
 
         model_path = self.resolve(self.model.path)
         fp = {
-            "model": {"path": model_path, "dtype": self.model.dtype, "revision": self.model.revision,
-                      "identity": _local_model_identity(model_path)},
+            "model": {"identity": content_identity(model_path), "dtype": self.model.dtype,
+                      "revision": self.model.revision, "quantization": self.model.quantization},
             "data": plain(self.data),
             "lora": plain(self.lora),
             "train": {k: v for k, v in plain(self.train).items() if k not in ("logging_steps",)},
             "num_processes": self.launch.num_processes,
         }
-        fp["data"]["sources"] = [dict(s, path=self.resolve(s["path"])) for s in fp["data"]["sources"]]
+        # What the files hold, not where they are: a moved or re-cloned checkout reuses its runs,
+        # and a data file edited in place gets new run ids.
+        fp["data"]["sources"] = [{k: v for k, v in s.items() if k != "path"} | {"identity": content_identity(
+            self.resolve(s["path"]))} for s in fp["data"]["sources"]]
         if self.objective.needs_mmlu:
-            fp["mmlu"] = dict(plain(self.objective.mmlu), data_dir=self.resolve(self.objective.mmlu.data_dir))
+            mmlu = plain(self.objective.mmlu)
+            fp["mmlu"] = {k: v for k, v in mmlu.items() if k != "data_dir"} | {
+                "data": content_identity(self.resolve(mmlu["data_dir"]))}
         return fp
 
     def to_dict(self) -> dict:
@@ -264,19 +280,47 @@ class ExperimentConfig:
         return out
 
 
-def _local_model_identity(path: str) -> dict | None:
-    """Cheap identity of a local model folder (file sizes, config.json, STAMP): a model replaced
-    at the same path gets new run ids instead of silently reusing runs of the old one."""
-    folder = Path(path)
-    if not folder.is_dir():
+WHOLE_FILE_BYTES = 64 * 2 ** 20  # files up to this size are hashed whole; larger ones (weights) by size, head and tail
+EDGE_BYTES = 2 ** 20
+
+
+def content_identity(path: str | None):
+    """What a model, data file or data folder holds, independent of where it lives.
+
+    A local file: its sha256 (up to WHOLE_FILE_BYTES; above, its size and the sha256 of its first
+    and last MiB, so that 13 GB of weights cost milliseconds). A local folder: that of each file
+    in it, by relative name. Anything else (a hub id) is itself: its revision is in the config.
+    """
+    if path is None:
         return None
-    identity = {"files": {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}}
-    for name in ("config.json", "STAMP"):
-        for candidate in (folder / name, folder.parent / name):
-            if candidate.is_file():
-                identity[f"{candidate.parent.name}/{name}"] = candidate.read_text()
-                break
-    return identity
+    target = Path(path)
+    if target.is_file():
+        return _file_digest(str(target), *_stat_key(target))
+    if target.is_dir():
+        files = [p for p in sorted(target.rglob("*")) if p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(target).parts)]  # no .cache/
+        return {str(p.relative_to(target)): _file_digest(str(p), *_stat_key(p)) for p in files}
+    return {"hub": path}
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """Keyed by size and mtime too: a file edited in place is hashed again."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= WHOLE_FILE_BYTES:
+            for block in iter(lambda: f.read(2 ** 20), b""):
+                h.update(block)
+            return h.hexdigest()
+        h.update(f.read(EDGE_BYTES))
+        f.seek(size - EDGE_BYTES)
+        h.update(f.read(EDGE_BYTES))
+    return f"{size}:{h.hexdigest()}"
 
 
 # ---------------------------------------------------------------- loading

@@ -9,8 +9,10 @@ mode and, with PROBLEM_DIR set to the parameter file's folder, behaves like
 When an experiment.yaml sits beside the file, the two must agree. With
 --experiment the lines are rendered from experiment.yaml plus the overrides in
 BBO_OVERRIDES (the blackbox reads the same variable, so both see one config).
---resume makes MAX_BB_EVAL count the evaluations already in CACHE_FILE, so a
-search stopped half-way and started again ends where an unstopped one would.
+--resume makes MAX_BB_EVAL count the successful evaluations already in CACHE_FILE
+(the failed ones too with nomad.count_failed), so a search stopped half-way and
+started again ends where an unstopped one would, and a search stopped by a cause
+that was then fixed does not lose its budget to the failures.
 """
 from __future__ import annotations
 
@@ -25,10 +27,11 @@ from pathlib import Path
 
 from bbo.config import ConfigError, env_overrides, load_config
 from bbo.nomadfiles import read_cache
-from bbo.paramfile import NOMAD_DIR, check, parse, render
+from bbo.paramfile import KEEP_FILE, NOMAD_DIR, check, parse, render
 
 
-def prepare_lines(text: str, folder: Path, resume: bool = False, where: str = "param.txt") -> list[str] | None:
+def prepare_lines(text: str, folder: Path, resume: bool = False, where: str = "param.txt",
+                  count_failed: bool = False) -> list[str] | None:
     """The parameter lines to hand NOMAD; None when --resume finds the budget already spent."""
     entries = parse(text, where)
     for keyword in ("MAX_BB_EVAL", "DIMENSION", "SEED", "BB_MAX_BLOCK_SIZE"):
@@ -43,7 +46,8 @@ def prepare_lines(text: str, folder: Path, resume: bool = False, where: str = "p
     lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     if resume and "CACHE_FILE" in entries and "MAX_BB_EVAL" in entries:
-        done = len(read_cache(folder / entries["CACHE_FILE"][-1].split()[0]))
+        cached = read_cache(folder / entries["CACHE_FILE"][-1].split()[0])
+        done = len([c for c in cached if count_failed or c["status"] == "BB_EVAL_OK"])
         budget = int(entries["MAX_BB_EVAL"][-1]) - done
         if budget <= 0:
             return None
@@ -60,9 +64,12 @@ def rotate_stale_nomad_files(config) -> None:
     signature = hashlib.sha256(blob.encode()).hexdigest()[:16]
     folder = config.dir / NOMAD_DIR
     stamp = folder / "problem.sha256"
-    if folder.exists() and any(folder.iterdir()) and (not stamp.exists() or stamp.read_text().strip() != signature):
+    files = [p for p in folder.iterdir() if p.name != KEEP_FILE] if folder.exists() else []
+    if files and (not stamp.exists() or stamp.read_text().strip() != signature):
         aside = config.dir / f"{NOMAD_DIR}.old-{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.move(str(folder), str(aside))
+        aside.mkdir()
+        for path in files:  # the folder itself stays (with its .gitkeep): a plain `nomad param.txt` writes into it
+            shutil.move(str(path), str(aside / path.name))
         print(f"note: the problem changed since NOMAD's files were written; moved them to {aside.name}",
               file=sys.stderr)
     folder.mkdir(parents=True, exist_ok=True)
@@ -75,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--experiment", help="render the parameters from this experiment's config instead")
     p.add_argument("--resume", action="store_true", help="count evaluations already in CACHE_FILE in the budget")
     args = p.parse_args(argv)
+    config = None
     try:
         if args.experiment:
             config = load_config(args.experiment, env_overrides())
@@ -91,7 +99,14 @@ def main(argv=None) -> int:
                 rotate_stale_nomad_files(config)
         else:
             raise ConfigError("give a parameter file or --experiment DIR")
-        lines = prepare_lines(text, folder, args.resume, where)
+        lines = prepare_lines(text, folder, args.resume, where, count_failed=bool(config and config.nomad.count_failed))
+        if config is not None and not os.environ.get("BBO_SEARCH_ID"):  # `bbo run` checked already
+            from bbo.preflight import GPU_SLOTS_ENV, check_before_training
+
+            slots, warnings = check_before_training(config)
+            os.environ[GPU_SLOTS_ENV] = json.dumps(slots)  # the blackboxes need not check again
+            for warning in warnings:
+                print(f"warning: {warning}", file=sys.stderr)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -101,6 +116,7 @@ def main(argv=None) -> int:
     import PyNomad
 
     os.environ.setdefault("BBO_DRIVER_PID", str(os.getpid()))  # blackboxes stop when this search dies
+    os.environ.setdefault("BBO_SEARCH_ID", f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     PyNomad.optimizeWithMainStep(lines)
     return 0
 

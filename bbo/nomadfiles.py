@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 EVALUATED = ("BB_EVAL_OK", "BB_EVAL_FAILED", "BB_EVAL_ERROR")
+FAILED = ("BB_EVAL_FAILED", "BB_EVAL_ERROR")
 
 
 def read_cache(path: str | Path) -> list[dict]:
@@ -49,3 +50,21 @@ def _num(text: str):
     except ValueError:
         return None
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def drop_failed(path: str | Path) -> int:
+    """Remove the failed points from CACHE_FILE, so that NOMAD asks them again (`bbo run --retry-failed`).
+
+    Returns how many were removed. The file is rewritten atomically; other lines are kept as they are.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not (line.startswith("(") and line[1:].partition(")")[2].split()[:1]
+                                           and line[1:].partition(")")[2].split()[0] in FAILED)]
+    if len(kept) != len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+    return len(lines) - len(kept)

@@ -5,7 +5,8 @@
 param.txt uses standard NOMAD 4.5 keywords only, so a real `nomad param.txt`
 runs it too. BB_EXE is the experiment's own bb.sh (no `$`: NOMAD resolves it
 against the parameter file's folder), which starts `python -m blackbox` for this
-experiment. NOMAD's cache, history and solution files go to <experiment>/nomad/.
+experiment. NOMAD's cache, history and solution files go to <experiment>/nomad/, which exists from the start
+(committed with a .gitkeep): NOMAD does not make folders.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ NOMAD_DIR = "nomad"
 CACHE_FILE = f"{NOMAD_DIR}/cache.txt"
 HISTORY_FILE = f"{NOMAD_DIR}/history.txt"
 SOLUTION_FILE = f"{NOMAD_DIR}/solution.txt"
+KEEP_FILE = ".gitkeep"  # nomad/ is in git (empty), so a plain `nomad param.txt` on a fresh clone can write there
 
 # Standard NOMAD 4.5 keywords a parameter file of ours may hold (extra_lines included).
 KNOWN_KEYWORDS = {
@@ -101,7 +103,10 @@ def _display_dir(config) -> str:
 
 
 def write(config: ExperimentConfig) -> Path:
-    """Write param.txt and bb.sh into the experiment folder."""
+    """Write param.txt and bb.sh into the experiment folder, and make nomad/ for NOMAD's files."""
+    keep = config.dir / NOMAD_DIR / KEEP_FILE
+    keep.parent.mkdir(exist_ok=True)
+    keep.touch()
     path = config.dir / "param.txt"
     path.write_text(render(config))
     script = config.dir / "bb.sh"

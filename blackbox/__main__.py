@@ -13,13 +13,13 @@ one point was evaluated, 1 if every point failed, 2 for bad input (nothing is ru
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 from pathlib import Path
 
 from bbo.config import ConfigError, env_overrides, load_config
+from bbo.preflight import check_inputs
 from bbo.procs import on_death_of
 from bbo.space import PointError, check_hyperparameters
 
@@ -65,7 +65,8 @@ def parse_args(argv):
     p.add_argument("--lr", type=float)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set train.epochs=1 (changes the run id)")
-    p.add_argument("--retry-failed", action="store_true", help="train again points whose stored run failed")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="train again points whose stored run failed (also set by `bbo run --retry-failed`)")
     p.add_argument("--verbose", "-v", action="store_true", help="print the metrics of each point on stderr")
     return p.parse_args(argv)
 
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
         if args.pointfile and hand:
             raise PointError("give a point file or --rank/--alpha/--dropout/--lr, not both")
         points = read_points(args.pointfile, config.space) if args.pointfile else [hand_point(args, config.space)]
-        _check_inputs_exist(config)
+        check_inputs(config)  # cheap; hub and GPU checks run only if a point must be trained
     except (ConfigError, PointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -91,47 +92,26 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    def orphaned():
+        kill_children()
+        os._exit(1)
+
     if os.environ.get("BBO_DRIVER_PID"):  # the search was killed (even by SIGKILL): stop training too
-        def orphaned():
-            kill_children()
-            os._exit(1)
         on_death_of(int(os.environ["BBO_DRIVER_PID"]), orphaned)
-    outcomes = evaluate_block(config, points, source="nomad" if args.pointfile else "hand",
-                              retry_failed=args.retry_failed)
+    if args.pointfile:  # NOMAD (our parent: bb.sh execs python) ended or was stopped: so do we
+        on_death_of(os.getppid(), orphaned)
+    retry_failed = args.retry_failed or os.environ.get("BBO_RETRY_FAILED") == "1"
+    try:
+        outcomes = evaluate_block(config, points, source="nomad" if args.pointfile else "hand",
+                                  retry_failed=retry_failed)
+    except ConfigError as e:  # a check before training (hub access, GPUs): nothing was trained
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for outcome in outcomes:
         print(outcome.line(), flush=True)
         if args.verbose or not args.pointfile:
             _explain(outcome, config)
     return 0 if any(o.state == "ok" for o in outcomes) else 1
-
-
-def _check_inputs_exist(config) -> None:
-    """Model, data and MMLU paths must exist, and local data must have its format's fields,
-    before any run folder is made for them (a bad source is a config error, not a failed point)."""
-    from blackbox.data import FORMATS, is_local
-
-    checks = [("model.path", config.model.path)] + [
-        (f"data.sources[{i}].path", s.path) for i, s in enumerate(config.data.sources)]
-    if config.objective.needs_mmlu and config.objective.mmlu.data_dir:
-        checks.append(("objective.mmlu.data_dir", config.objective.mmlu.data_dir))
-    for key, path in checks:
-        resolved = config.resolve(path)
-        if is_local(path) and not Path(resolved).exists():
-            raise ConfigError(f"{key}: {resolved} does not exist")
-    for i, source in enumerate(config.data.sources):
-        path = config.resolve(source.path)
-        if path.endswith(".jsonl") and Path(path).is_file():
-            with open(path) as f:
-                first = next((line for line in f if line.strip()), "")
-            try:
-                row = json.loads(first)
-            except ValueError:
-                raise ConfigError(f"data.sources[{i}].path: {path} is not JSON lines") from None
-            needed = [FORMATS[source.format][0], FORMATS[source.format][2]]
-            missing = [k for k in needed if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise ConfigError(f"data.sources[{i}]: {path} has no {missing[0]!r} field "
-                                  f"(format {source.format} needs {', '.join(needed)})")
 
 
 def _explain(outcome, config) -> None:

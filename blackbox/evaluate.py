@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bbo.config import ExperimentConfig
+from bbo.preflight import check_before_training
 from bbo.store import RunStore, read_json, run_id, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +48,7 @@ class Outcome:
     metrics: dict = field(default_factory=dict)
     outputs: list[float] | None = None  # in BB_OUTPUT_TYPE order
     reason: str | None = None
+    error_kind: str | None = None  # for a failed point: oom, timeout, load_model, ... (EvalFailure.kind)
 
     def line(self) -> str:
         """The line NOMAD reads: numbers, or FAILED (NOMAD then marks only this point as failed)."""
@@ -57,33 +60,62 @@ class Outcome:
 # ---------------------------------------------------------------- one point
 
 def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, source: str = "nomad",
-             retry_failed: bool = False, gpus: list[int] | None = None) -> Outcome:
+             retry_failed: bool = False, gpus: list[str] | None = None) -> Outcome:
     """The answer for one point: stored if this run id finished before, else trained now."""
     store = RunStore(config.dir)
     fingerprint = config.fingerprint()
     rid = run_id(hp, fingerprint)
+    search = search_id()
     with store.lock(rid):  # a second process asking for the same point waits here, then reuses
         done = store.finished(rid)
         if done and (done["state"] == "ok" or not retry_failed):
             outcome = _stored_outcome(config, store, rid, hp, done)
+        elif stopped := _stopped(config, rid, hp, search):  # train nothing more, record nothing
+            return stopped
         else:
             outcome = _run(config, store, rid, hp, point, fingerprint, gpus)
     n = store.record({"run_id": rid, "point": point, "hp": hp, "state": outcome.state,
                       "objective": outcome.metrics.get("objective"), "cached": outcome.cached,
-                      "source": source, "reason": outcome.reason, "time": time.time()})
+                      "source": source, "reason": outcome.reason, "error_kind": outcome.error_kind,
+                      "search": search, "time": time.time()})
     _progress(store, n, outcome)
+    if outcome.state == "failed" and not outcome.cached:
+        _stop_if_failing(config, store, search)
     return outcome
 
 
 def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | None]], *, source: str = "nomad",
                    retry_failed: bool = False) -> list[Outcome]:
-    """Several points at once, each on its own GPUs (launch.parallel slots of launch.num_processes GPUs)."""
-    slots = _gpu_slots(config)
+    """Several points at once, each on its own GPUs (launch.parallel slots of launch.num_processes GPUs).
+
+    The checks before training (hub access, GPUs; bbo/preflight.py) run only when some point
+    must be trained: an already-evaluated point is answered without importing torch.
+    """
+    store = RunStore(config.dir)
+    fingerprint = config.fingerprint()
+    search = search_id()
+    stopped = [_stopped(config, run_id(hp, fingerprint), hp, search) for hp, _ in points]
+    if all(stopped):  # a stopped search's NOMAD is being ended (or, under a plain `nomad`, goes on):
+        return stopped  # answer at once, without the checks
+    to_train = [hp for hp, _ in points
+                if not ((done := store.finished(run_id(hp, fingerprint)))
+                        and (done["state"] == "ok" or not retry_failed))]
+    slots = [None]
+    if to_train:
+        slots, warnings = check_before_training(config)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     width = max(1, min(len(points), len(slots)))
+    free = queue.Queue()  # a point takes a free slot and gives it back: never two points on one slot
+    for slot in slots[:width]:
+        free.put(slot)
 
     def work(i):
-        return evaluate(config, points[i][0], points[i][1], source=source, retry_failed=retry_failed,
-                        gpus=slots[i % len(slots)])
+        slot = free.get()
+        try:
+            return evaluate(config, points[i][0], points[i][1], source=source, retry_failed=retry_failed, gpus=slot)
+        finally:
+            free.put(slot)
 
     if width == 1:
         return [work(i) for i in range(len(points))]
@@ -91,14 +123,89 @@ def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | Non
         return list(pool.map(work, range(len(points))))
 
 
+# ---------------------------------------------------------------- stopping a failing search
+
+# What to do about each failure kind, for the one message a stopped or all-failed search ends with.
+FIXES = {
+    "load_model": "the base model could not be loaded: check model.path (a local folder, or a hub id your "
+                  "token may read: `hf auth login`), then rerun with --retry-failed",
+    "load_tokenizer": "the tokenizer could not be loaded from model.path: check the folder holds the tokenizer "
+                      "files, then rerun with --retry-failed",
+    "load_data": "the data could not be loaded: check data.sources (paths, formats, hub access), then rerun "
+                 "with --retry-failed",
+    "oom": "out of GPU memory: see `python -m bbo plan <experiment>`; set train.gradient_checkpointing=true, "
+           "lower train.per_device_batch_size (raise train.grad_accum to keep the effective batch), or "
+           "model.quantization=4bit; then rerun with --retry-failed",
+    "timeout": "evaluations ran past launch.timeout_minutes: raise it (see the time estimate of "
+               "`python -m bbo plan <experiment>`) or shorten training, then rerun with --retry-failed",
+    "diverged": "training diverged (NaN or huge loss): lower the learning rate range or train.max_grad_norm",
+    "eval": "the MMLU evaluation failed: see mmlu.log in the run folders, then rerun with --retry-failed",
+    "crash": "training crashed: see train.log in the run folders, then rerun with --retry-failed",
+}
+
+
+def fix_for(kind: str | None) -> str:
+    return FIXES.get(kind or "", "see train.log in the run folders, then rerun with --retry-failed")
+
+
+def search_id() -> str:
+    """Which search an evaluation belongs to: set by `bbo run` / `bbo.nomad`; under a plain `nomad`
+    binary, the NOMAD process that started this blackbox (the nearest ancestor that is not a shell)."""
+    given = os.environ.get("BBO_SEARCH_ID")
+    if given:
+        return given
+    pid = os.getppid()
+    for _ in range(5):
+        try:
+            comm, rest = Path(f"/proc/{pid}/stat").read_text().split("(", 1)[1].rsplit(")", 1)
+        except (OSError, ValueError, IndexError):
+            return f"nomad-{pid}"
+        fields = rest.split()
+        if comm not in ("sh", "bash", "dash", "bb.sh"):
+            return f"nomad-{pid}-{fields[19]}"  # field 22 of stat: start time, so a reused pid differs
+        pid = int(fields[1])
+    return f"nomad-{pid}"
+
+
+def stop_file(config: ExperimentConfig) -> Path:
+    return config.dir / "nomad" / "stop.json"
+
+
+def _stopped(config: ExperimentConfig, rid: str, hp: dict, search: str) -> Outcome | None:
+    """The answer for a point of a search that was stopped (see _stop_if_failing), else None."""
+    stop = read_json(stop_file(config))
+    if not (isinstance(stop, dict) and stop.get("search") == search):
+        return None
+    return Outcome(rid, "failed", False, hp, reason=f"search stopped: {stop.get('message')}", error_kind="stopped")
+
+
+def _stop_if_failing(config: ExperimentConfig, store: RunStore, search: str) -> None:
+    """The first N trainings of a search all failed the same way: the cause is not the points.
+    Write the stop file: the driver stops NOMAD, and this search trains nothing more."""
+    n = config.nomad.stop_after_failures
+    if n <= 0:
+        return
+    trained = [e for e in store.evaluations() if e.get("search") == search and not e.get("cached")]
+    first = trained[:n]
+    kinds = {e.get("error_kind") for e in first}
+    if len(first) < n or any(e.get("state") != "failed" for e in first) or len(kinds) != 1:
+        return
+    kind = kinds.pop()
+    path = stop_file(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"search": search, "kind": kind, "time": time.time(),
+                      "message": f"the first {n} evaluations all failed with {kind} ({first[-1].get('reason')})",
+                      "fix": fix_for(kind)})
+
+
 def _stored_outcome(config, store, rid, hp, status) -> Outcome:
     if status["state"] != "ok":
-        return Outcome(rid, "failed", True, hp, reason=status.get("reason"))
+        return Outcome(rid, "failed", True, hp, reason=status.get("reason"), error_kind=status.get("error_kind"))
     metrics = store.metrics(rid)
     try:
         outputs = _outputs(config, metrics)
     except EvalFailure as e:  # a stored run that lacks an output this config asks for
-        return Outcome(rid, "failed", True, hp, metrics, reason=str(e))
+        return Outcome(rid, "failed", True, hp, metrics, reason=str(e), error_kind=e.kind)
     return Outcome(rid, "ok", True, hp, metrics, outputs)
 
 
@@ -130,7 +237,7 @@ def _run(config, store, rid, hp, point, fingerprint, gpus) -> Outcome:
         outputs = _outputs(config, metrics)
     except EvalFailure as e:
         store.finish(rid, "failed", reason=str(e), error_kind=e.kind, log_tail=e.log_tail)
-        return Outcome(rid, "failed", False, hp, reason=f"{e.kind}: {e}")
+        return Outcome(rid, "failed", False, hp, reason=f"{e.kind}: {e}", error_kind=e.kind)
     store.finish(rid, "ok", metrics=metrics)
     return Outcome(rid, "ok", False, hp, metrics, outputs)
 
@@ -157,22 +264,40 @@ def _spec(config: ExperimentConfig, rid: str, hp: dict) -> dict:
             "train": cfg["train"], "objective": cfg["objective"], "cache_dir": str(config.dir / "cache")}
 
 
-def _launch_command(config: ExperimentConfig, run_dir: Path) -> list[str]:
-    n = config.launch.num_processes
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
-    if n > 1:
+def _accelerate(num_processes: int) -> list[str]:
+    """`accelerate launch` for num_processes processes on one machine, each on its own GPU (or CPU)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port())]
+    if num_processes > 1:
         cmd.append("--multi_gpu")  # on CPU too: N real processes with gloo (`--cpu` would run only one)
-    return cmd + list(config.launch.accelerate_args) + [str(TRAIN_SCRIPT), str(run_dir)]
+    return cmd
+
+
+def _launch_command(config: ExperimentConfig, run_dir: Path) -> list[str]:
+    return (_accelerate(config.launch.num_processes) + list(config.launch.accelerate_args)
+            + [str(TRAIN_SCRIPT), str(run_dir)])
+
+
+# Failure kinds, most telling first: when several processes fail, the first found here is reported
+# (an OOM on rank 2 makes the other ranks fail too, with less telling errors).
+KIND_PRIORITY = ["oom", "diverged", "load_model", "load_tokenizer", "load_data", "eval", "error"]
+OOM_TEXTS = ("CUDA out of memory", "OutOfMemoryError", "CUDA error: out of memory")
 
 
 def _train(config, run_dir: Path, gpus, deadline) -> dict:
     rc = _run_logged(_launch_command(config, run_dir), run_dir / "train.log", gpus, deadline)
-    error = read_json(run_dir / "error.json")
-    if rc != 0 or error:
+    errors = [e for e in (read_json(p) for p in sorted(run_dir.glob("error*.json"))) if isinstance(e, dict)]
+    if rc != 0 or errors:
         tail = _tail(run_dir / "train.log")
-        if error:
-            raise EvalFailure(error.get("kind", "error"), error.get("message", "training failed"), tail)
+        if errors:
+            errors.sort(key=lambda e: KIND_PRIORITY.index(e.get("kind")) if e.get("kind") in KIND_PRIORITY
+                        else len(KIND_PRIORITY))
+            error = errors[0]
+            where = f" (rank {error['rank']})" if error.get("rank") else ""
+            raise EvalFailure(error.get("kind", "error"), error.get("message", "training failed") + where, tail)
+        if any(text in _tail(run_dir / "train.log", 400) for text in OOM_TEXTS):  # e.g. OOM while loading
+            raise EvalFailure("oom", _describe_exit(rc, "training") + " after running out of GPU memory", tail)
         raise EvalFailure("crash", _describe_exit(rc, "training"), tail)
     result = read_json(run_dir / "train_result.json")
     if not isinstance(result, dict):
@@ -182,13 +307,17 @@ def _train(config, run_dir: Path, gpus, deadline) -> dict:
 
 
 def _mmlu(config, run_dir: Path, gpus, deadline) -> dict:
+    """lm-eval in a child; data-parallel over the evaluation's GPUs (one process per GPU) when it has
+    several. Device and dtype are resolved by torch in the child (`auto`)."""
     mmlu = config.objective.mmlu
-    on_gpu = bool(gpus)
-    cmd = [sys.executable, "-m", "eval.mmlu", "--model", config.resolve(config.model.path),
-           "--adapter", str(run_dir / "adapter"), "--task", mmlu.task, "--num-fewshot", str(mmlu.num_fewshot),
-           "--batch-size", str(mmlu.batch_size), "--out", str(run_dir / "mmlu.json"),
-           "--device", "cuda" if on_gpu else "cpu",
-           "--dtype", ("bfloat16" if on_gpu else "float32") if config.model.dtype == "auto" else config.model.dtype]
+    processes = len(gpus) if gpus else 1
+    launcher = _accelerate(processes) + ["-m"] if processes > 1 else [sys.executable, "-m"]
+    cmd = launcher + [
+        "eval.mmlu", "--model", config.resolve(config.model.path), "--adapter", str(run_dir / "adapter"),
+        "--task", mmlu.task, "--num-fewshot", str(mmlu.num_fewshot), "--batch-size", str(mmlu.batch_size),
+        "--out", str(run_dir / "mmlu.json"), "--device", "auto", "--dtype", config.model.dtype]
+    if config.model.quantization:
+        cmd += ["--quantization", config.model.quantization]
     if mmlu.data_dir:
         cmd += ["--data-dir", config.resolve(mmlu.data_dir)]
     if mmlu.limit:
@@ -196,12 +325,14 @@ def _mmlu(config, run_dir: Path, gpus, deadline) -> dict:
     if config.model.trust_remote_code:
         cmd.append("--trust-remote-code")
     t0 = time.time()
-    rc = _run_logged(cmd, run_dir / "mmlu.log", gpus[:1] if gpus else gpus, deadline)
+    rc = _run_logged(cmd, run_dir / "mmlu.log", gpus, deadline)
     result = read_json(run_dir / "mmlu.json")
     if rc != 0 or not isinstance(result, dict) or not isinstance(result.get("mmlu"), (int, float)):
-        raise EvalFailure("eval", _describe_exit(rc, "MMLU evaluation") if rc else "MMLU result missing",
+        kind = "oom" if any(text in _tail(run_dir / "mmlu.log", 400) for text in OOM_TEXTS) else "eval"
+        raise EvalFailure(kind, _describe_exit(rc, "MMLU evaluation") if rc else "MMLU result missing",
                           _tail(run_dir / "mmlu.log"))
     result["mmlu_seconds"] = time.time() - t0
+    result["mmlu_processes"] = processes
     return result
 
 
@@ -264,34 +395,11 @@ def _tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on this host, for a process group's rendezvous."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _gpu_slots(config: ExperimentConfig) -> list[list[int] | None]:
-    """Split the visible GPUs into launch.parallel groups of launch.num_processes; None = CPU."""
-    gpus = config.launch.gpus
-    if gpus is None:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if visible is not None:
-            gpus = [int(g) for g in visible.split(",") if g.strip().isdigit()]
-        else:
-            gpus = _count_gpus()
-    n = config.launch.num_processes
-    if not gpus:
-        return [None] * config.launch.parallel
-    slots = [gpus[i:i + n] for i in range(0, len(gpus), n) if len(gpus[i:i + n]) == n]
-    return slots[: config.launch.parallel] or [gpus[:n]]
-
-
-def _count_gpus() -> list[int]:
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return list(range(sum(1 for line in out.splitlines() if line.startswith("GPU "))))
 
 
 def _provenance(config: ExperimentConfig) -> dict:

@@ -1,0 +1,206 @@
+"""Checks before any training: one place that `bbo run`, `bbo plan`, `bbo.nomad` and the blackbox share.
+
+    python -m bbo plan experiments/llama2-7b-bbo3        # prints these checks and the memory/time plan
+
+Why: a wrong path, a hub model without access, or fewer GPUs than the launch
+settings need would otherwise fail every point of a search, one expensive
+launch at a time. Each check raises PreflightError (a ConfigError) with one line
+that names the setting and the fix; nothing is trained and no run folder is made.
+
+- `check_inputs`: local model, data and MMLU paths exist; local JSON lines data has its
+  format's fields. Cheap (no heavy imports): the blackbox runs it on every call.
+- `check_hub`: hub ids (model, datasets, the stock MMLU task) are in the local cache when
+  HF_HUB_OFFLINE=1, or reachable with the current token otherwise.
+- `visible_gpus` / `gpu_slots`: the GPUs torch sees (CUDA_VISIBLE_DEVICES entries: indices,
+  UUIDs or MIG ids), split into `launch.parallel` slots of `launch.num_processes`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from bbo.config import ConfigError, ExperimentConfig
+
+
+class PreflightError(ConfigError):
+    """A check that failed before any training; the message names the setting and the fix."""
+
+
+# ---------------------------------------------------------------- local inputs
+
+def check_inputs(config: ExperimentConfig) -> None:
+    """Model, data and MMLU paths must exist, and local data must have its format's fields,
+    before any run folder is made for them (a bad source is a config error, not a failed point)."""
+    from blackbox.data import FORMATS, is_local
+
+    checks = [("model.path", config.model.path)] + [
+        (f"data.sources[{i}].path", s.path) for i, s in enumerate(config.data.sources)]
+    if config.objective.needs_mmlu and config.objective.mmlu.data_dir:
+        checks.append(("objective.mmlu.data_dir", config.objective.mmlu.data_dir))
+    for key, path in checks:
+        resolved = config.resolve(path)
+        if is_local(path) and not Path(resolved).exists():
+            raise PreflightError(f"{key}: {resolved} does not exist")
+    for i, source in enumerate(config.data.sources):
+        path = config.resolve(source.path)
+        if path.endswith(".jsonl") and Path(path).is_file():
+            with open(path) as f:
+                first = next((line for line in f if line.strip()), "")
+            try:
+                row = json.loads(first)
+            except ValueError:
+                raise PreflightError(f"data.sources[{i}].path: {path} is not JSON lines") from None
+            needed = [FORMATS[source.format][0], FORMATS[source.format][2]]
+            missing = [k for k in needed if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise PreflightError(f"data.sources[{i}]: {path} has no {missing[0]!r} field "
+                                     f"(format {source.format} needs {', '.join(needed)})")
+
+
+# ---------------------------------------------------------------- the Hugging Face hub
+
+def hub_ids(config: ExperimentConfig) -> list[tuple[str, str, str, str | None]]:
+    """(config key, repo id, repo type, revision) of everything the experiment loads from the hub."""
+    from blackbox.data import is_local
+
+    ids = []
+    if not is_local(config.model.path):
+        ids.append(("model.path", config.model.path, "model", config.model.revision))
+    for i, source in enumerate(config.data.sources):
+        if not is_local(source.path):
+            ids.append((f"data.sources[{i}].path", source.path, "dataset", None))
+    if config.objective.needs_mmlu and config.objective.mmlu.task == "mmlu":
+        ids.append(("objective.mmlu.task", "cais/mmlu", "dataset", None))
+    return ids
+
+
+def check_hub(config: ExperimentConfig) -> list[str]:
+    """Raise for a hub id that cannot be loaded; return warnings for what could not be checked."""
+    warnings = []
+    for key, repo_id, repo_type, revision in hub_ids(config):
+        problem, warning = _hub_problem(key, repo_id, repo_type, revision)
+        if problem:
+            raise PreflightError(problem)
+        if warning:
+            warnings.append(warning)
+    return warnings
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_problem(key: str, repo_id: str, repo_type: str, revision: str | None) -> tuple[str | None, str | None]:
+    """(error, warning) for one hub id; no weights are downloaded."""
+    from huggingface_hub import auth_check, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    what = "model" if repo_type == "model" else "dataset"
+    local_fix = ("or download it on a machine with access (`hf download {id}{flag} --local-dir DIR`) and set "
+                 f"{key} to DIR").format(id=repo_id, flag="" if repo_type == "model" else " --repo-type dataset")
+    if _hub_offline():
+        try:
+            snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True)
+        except (LocalEntryNotFoundError, OSError, ValueError):
+            return (f"{key}: the {what} {repo_id} is a hub id that is not in the local Hugging Face cache, and "
+                    f"HF_HUB_OFFLINE=1 forbids downloading it: unset HF_HUB_OFFLINE and run `hf auth login`, "
+                    f"{local_fix}"), None
+        return None, None
+    try:
+        auth_check(repo_id, repo_type=repo_type)
+    except GatedRepoError:
+        return (f"{key}: no access to the gated {what} {repo_id} with the current token: accept its license on "
+                f"its Hub page, then `hf auth login` with that account's token, {local_fix}"), None
+    except RepositoryNotFoundError:
+        return (f"{key}: the {what} {repo_id} was not found on the hub (wrong id, or private and no token): "
+                f"check the id, `hf auth login`, {local_fix}"), None
+    except Exception as e:  # noqa: BLE001 - no network here is not a reason to stop: warn
+        return None, f"{key}: could not check {repo_id} on the hub ({type(e).__name__}); loading it may fail"
+    return None, None
+
+
+# ---------------------------------------------------------------- GPUs
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (indices, UUIDs or MIG ids).
+
+    torch counts them (not nvidia-smi: it ignores CUDA_VISIBLE_DEVICES and may be missing).
+    Without the CUDA driver library torch cannot see a GPU either: then there is no need to
+    import torch (seconds, on every blackbox call of a CPU machine).
+    """
+    if not cuda_driver_present():
+        return []
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is None:
+        return [str(i) for i in range(count)]
+    return [entry.strip() for entry in env.split(",") if entry.strip()][:count]
+
+
+def cuda_driver_present() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def gpu_slots(config: ExperimentConfig, visible: list[str] | None = None) -> list[list[str] | None]:
+    """launch.parallel groups of launch.num_processes GPUs, each evaluation's CUDA_VISIBLE_DEVICES;
+    None = the evaluation runs on CPU. Raises PreflightError when the GPUs do not suffice."""
+    launch = config.launch
+    n, k = launch.num_processes, launch.parallel
+    if launch.device == "cpu":
+        return [[] for _ in range(k)]  # an empty CUDA_VISIBLE_DEVICES hides the GPUs from the children
+    visible = visible_gpus() if visible is None else visible
+    if launch.gpus is not None:
+        bad = [i for i in launch.gpus if not 0 <= i < len(visible)]
+        if bad:
+            raise PreflightError(f"launch.gpus: GPU {bad[0]} is not among the {len(visible)} GPUs torch sees "
+                                 f"({', '.join(visible) or 'none'}); indices count from 0 in CUDA_VISIBLE_DEVICES order")
+        pool = [visible[i] for i in launch.gpus]
+    else:
+        pool = list(visible)
+    if not pool:
+        if launch.device == "cuda":
+            raise PreflightError("launch.device is cuda but torch sees no GPU (torch.cuda.device_count() = 0): "
+                                 "check the driver, CUDA_VISIBLE_DEVICES and that torch was installed with CUDA, "
+                                 "or set launch.device=auto to allow CPU")
+        return [None] * k
+    need = n * k
+    if len(pool) < need:
+        source = "launch.gpus lists" if launch.gpus is not None else "torch sees"
+        raise PreflightError(
+            f"launch.parallel x launch.num_processes = {k} x {n} = {need} GPUs needed, but {source} {len(pool)} "
+            f"({', '.join(pool)}): lower launch.parallel or launch.num_processes (the effective batch is "
+            f"num_processes x per_device_batch_size x grad_accum), or make more GPUs visible")
+    slots = [pool[i * n:(i + 1) * n] for i in range(k)]
+    for slot in slots:
+        if len(set(slot)) != len(slot):
+            raise PreflightError(f"launch.gpus: one evaluation would get GPU {slot[0]} twice ({slot}); "
+                                 "a GPU may be shared between evaluations, not within one")
+    return slots
+
+
+# ---------------------------------------------------------------- all of it
+
+GPU_SLOTS_ENV = "BBO_GPU_SLOTS"  # set by a driver that ran these checks for the blackboxes it starts
+
+
+def check_before_training(config: ExperimentConfig) -> tuple[list[list[str] | None], list[str]]:
+    """Everything a training launch needs: (GPU slots, warnings). Imports torch: call it only
+    when something will be trained, so that cached answers stay cheap. Under `bbo run` or
+    `bbo.nomad`, which checked the same config, the blackbox takes their slots (GPU_SLOTS_ENV)."""
+    given = os.environ.get(GPU_SLOTS_ENV)
+    if given:
+        return json.loads(given), []
+    check_inputs(config)
+    warnings = check_hub(config)
+    return gpu_slots(config), warnings
