@@ -4,6 +4,7 @@ A hub model without access, fewer GPUs than the launch needs, a cause that fails
 an OOM on another rank, a moved checkout, an edited data file, NOMAD's folder on a fresh clone.
 """
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -232,3 +233,19 @@ def test_paramfile_makes_the_nomad_folder_and_rotation_keeps_it(tmp_path, assets
     assert (experiment / "nomad" / ".gitkeep").is_file() and not (experiment / "nomad" / "cache.txt").exists()
     (aside,) = experiment.glob("nomad.old-*")
     assert (aside / "cache.txt").read_text() == "old\n"
+
+
+# ---------------------------------------------------------------- QLoRA
+
+def test_4bit_base_trains_on_cpu_with_its_own_run_id(tmp_path, assets):
+    """bitsandbytes 0.50 runs NF4 on CPU: the 4-bit path (load, prepare for k-bit training, LoRA) runs here."""
+    import bitsandbytes  # noqa: F401 - pinned in requirements.txt
+    experiment = make_experiment(tmp_path, assets, **FAST)
+    plain = blackbox(experiment, "--rank", "4", "--lr", "1e-3")
+    quantized = blackbox(experiment, "--rank", "4", "--lr", "1e-3", "--set", "model.quantization=4bit")
+    assert plain.returncode == 0 and quantized.returncode == 0, quantized.stderr[-2000:]
+    assert "[cached]" not in quantized.stderr and len(run_folders(experiment)) == 2
+    (run,) = [name for name in run_folders(experiment)
+              if json.loads((experiment / "runs" / name / "spec.json").read_text())["model"]["quantization"] == "4bit"]
+    metrics = json.loads((experiment / "runs" / run / "metrics.json").read_text())
+    assert math.isfinite(metrics["val_loss"]) and metrics["val_loss"] != float(plain.stdout)
