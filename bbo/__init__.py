@@ -1,1 +1,1 @@
-"""Optimiser side: config, search space, NOMAD parameter file, drivers, run store, results."""
+"""The optimiser program: CLI, NOMAD drivers, the parameter file, results tables, figures, report, plan."""

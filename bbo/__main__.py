@@ -18,13 +18,12 @@ import subprocess
 import sys
 import time
 
-from bbo.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 
 
 def cmd_check(args) -> int:
     from bbo import paramfile
-
-    from bbo.preflight import check_inputs
+    from core.preflight import check_inputs
 
     config = load_config(args.experiment, args.overrides)
     check_inputs(config)
@@ -49,10 +48,9 @@ def cmd_paramfile(args) -> int:
 def cmd_run(args) -> int:
     """Check everything first, then run NOMAD in a child: a NOMAD crash becomes an error line."""
     from bbo import paramfile
-    from bbo.nomadfiles import drop_failed
-    from bbo.preflight import GPU_SLOTS_ENV, check_before_training
-    from bbo.procs import die_with_parent
-    from blackbox.evaluate import stop_file
+    from core.nomadtext import CACHE_FILE, NOMAD_DIR, drop_failed
+    from core.preflight import GPU_SLOTS_ENV, check_before_training
+    from core.procs import die_with_parent
 
     config = load_config(args.experiment, args.overrides)
     slots, warnings = check_before_training(config)  # nothing trains before these pass
@@ -63,10 +61,10 @@ def cmd_run(args) -> int:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     paramfile.write(load_config(args.experiment))  # the generated file follows experiment.yaml
-    nomad_dir = config.dir / paramfile.NOMAD_DIR  # NOMAD writes its temporary point files in its working folder
+    nomad_dir = config.dir / NOMAD_DIR  # NOMAD writes its temporary point files in its working folder
     nomad_dir.mkdir(exist_ok=True)
     if args.retry_failed:
-        dropped = drop_failed(config.dir / paramfile.CACHE_FILE)
+        dropped = drop_failed(config.dir / CACHE_FILE)
         print(f"retrying failed points: {dropped} removed from NOMAD's cache; their run folders are trained again",
               file=sys.stderr)
     search = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -83,7 +81,7 @@ def cmd_run(args) -> int:
     # stops all of it; it dies with us too.
     proc = subprocess.Popen(cmd, env=env, cwd=str(nomad_dir), preexec_fn=die_with_parent, start_new_session=True,
                             stdout=subprocess.PIPE, text=True, bufsize=1)
-    stopped = _stop_when_failing(proc, stop_file(config), search)
+    stopped = _stop_when_failing(proc, config.dir, search)
     try:
         for line in proc.stdout:  # NOMAD's display, less a line that misleads here
             if "increase the buffer size" not in line:
@@ -106,13 +104,14 @@ def cmd_run(args) -> int:
     if rc != 0:
         print(f"error: NOMAD exited with code {rc}", file=sys.stderr)
         return rc
-    from bbo.results import load_runs, summary_text
+    from bbo.results import load_runs
+    from bbo.summary import summary_text
 
     print(summary_text(load_runs(config.dir, args.overrides), config))
     return _no_success_error(config, search)
 
 
-def _stop_when_failing(proc, path, search: str) -> list[dict]:
+def _stop_when_failing(proc, experiment_dir, search: str) -> list[dict]:
     """Watch for the stop file of this search and end NOMAD's process group when it appears.
 
     NOMAD runs in C++ and holds Python's GIL, so it cannot watch for itself. Returns a list that
@@ -120,14 +119,14 @@ def _stop_when_failing(proc, path, search: str) -> list[dict]:
     """
     import threading
 
-    from bbo.store import read_json
+    from core.failures import read_stop
 
     stopped = []
 
     def watch():
         while proc.poll() is None:
-            stop = read_json(path)
-            if isinstance(stop, dict) and stop.get("search") == search:
+            stop = read_stop(experiment_dir, search)
+            if stop is not None:
                 stopped.append(stop)
                 _signal_group(proc, signal.SIGTERM)
                 return
@@ -148,17 +147,17 @@ def _no_success_error(config, search: str) -> int:
     """A search in which no evaluation succeeded is an error, with the failure kind and its fix."""
     from collections import Counter
 
-    from bbo.store import RunStore
-    from blackbox.evaluate import fix_for
+    from core.failures import fix_for
+    from core.store import RunStore, State
 
     every = RunStore(config.dir).evaluations()
     answers = [e for e in every if e.get("search") == search]
-    if any(e.get("state") == "ok" for e in answers):
+    if any(e.get("state") == State.OK for e in answers):
         return 0
     if not answers:  # NOMAD asked nothing: the budget is spent, or its cache answered everything
-        if any(e.get("state") == "ok" for e in every):
+        if any(e.get("state") == State.OK for e in every):
             return 0
-        failed = [e for e in every if e.get("state") == "failed"]
+        failed = [e for e in every if e.get("state") == State.FAILED]
         if not failed:
             print("error: this search evaluated nothing and no evaluation has succeeded yet", file=sys.stderr)
             return 1
@@ -178,7 +177,7 @@ def cmd_plan(args) -> int:
     """The checks every search runs before training, then memory, time and disk; exit 1 if a check
     fails or the largest point does not fit."""
     from bbo.plan import detect_gpus, estimate, parse_gpus
-    from bbo.preflight import PreflightError, check_hub, check_inputs, gpu_slots
+    from core.preflight import PreflightError, check_hub, check_inputs, gpu_slots
 
     config = load_config(args.experiment, args.overrides)
     gpus = parse_gpus(args.gpus) if args.gpus else None
@@ -210,7 +209,8 @@ def cmd_plan(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from bbo.results import load_runs, table_text
+    from bbo.results import load_runs
+    from bbo.summary import table_text
 
     frames = load_runs(args.experiment)
     print(table_text(frames, top=args.top))

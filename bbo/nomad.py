@@ -25,33 +25,28 @@ import sys
 import time
 from pathlib import Path
 
-from bbo.config import ConfigError, env_overrides, load_config
-from bbo.nomadfiles import read_cache
-from bbo.paramfile import KEEP_FILE, NOMAD_DIR, check, parse, render
+from bbo.paramfile import check, render
+from core.config import ConfigError, env_overrides, load_config
+from core.nomadtext import KEEP_FILE, NOMAD_DIR, param_lines, parse_params, read_cache
 
 
 def prepare_lines(text: str, folder: Path, resume: bool = False, where: str = "param.txt",
                   count_failed: bool = False) -> list[str] | None:
     """The parameter lines to hand NOMAD; None when --resume finds the budget already spent."""
-    entries = parse(text, where)
-    for keyword in ("MAX_BB_EVAL", "DIMENSION", "SEED", "BB_MAX_BLOCK_SIZE"):
-        for value in entries.get(keyword, []):
-            if not value.lstrip("-").isdigit():
-                raise ConfigError(f"{where}: {keyword} must be an integer, got {value!r}")
+    entries = parse_params(text, where)
     if "BB_EXE" not in entries:
         raise ConfigError(f"{where}: BB_EXE is missing")
     for keyword in ("CACHE_FILE", "HISTORY_FILE", "SOLUTION_FILE", "STATS_FILE"):
         for value in entries.get(keyword, []):
             (folder / value.split()[0]).parent.mkdir(parents=True, exist_ok=True)
-    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    lines = [line for line in lines if line]
+    lines = [line.text for line in param_lines(text)]
     if resume and "CACHE_FILE" in entries and "MAX_BB_EVAL" in entries:
         cached = read_cache(folder / entries["CACHE_FILE"][-1].split()[0])
         done = len([c for c in cached if count_failed or c["status"] == "BB_EVAL_OK"])
         budget = int(entries["MAX_BB_EVAL"][-1]) - done
         if budget <= 0:
             return None
-        lines = [line for line in lines if not line.upper().startswith("MAX_BB_EVAL")] + [f"MAX_BB_EVAL {budget}"]
+        lines = [line.text for line in param_lines(text) if line.keyword != "MAX_BB_EVAL"] + [f"MAX_BB_EVAL {budget}"]
     return lines + [f"PROBLEM_DIR {folder}/"]
 
 
@@ -101,7 +96,7 @@ def main(argv=None) -> int:
             raise ConfigError("give a parameter file or --experiment DIR")
         lines = prepare_lines(text, folder, args.resume, where, count_failed=bool(config and config.nomad.count_failed))
         if config is not None and not os.environ.get("BBO_SEARCH_ID"):  # `bbo run` checked already
-            from bbo.preflight import GPU_SLOTS_ENV, check_before_training
+            from core.preflight import GPU_SLOTS_ENV, check_before_training
 
             slots, warnings = check_before_training(config)
             os.environ[GPU_SLOTS_ENV] = json.dumps(slots)  # the blackboxes need not check again

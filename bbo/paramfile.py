@@ -1,4 +1,4 @@
-"""The NOMAD parameter file of an experiment, rendered from experiment.yaml, and checked against it.
+"""The NOMAD parameter file of an experiment, written from experiment.yaml, and checked against it.
 
     python -m bbo paramfile experiments/demo     # (re)write param.txt and bb.sh
 
@@ -6,35 +6,15 @@ param.txt uses standard NOMAD 4.5 keywords only, so a real `nomad param.txt`
 runs it too. BB_EXE is the experiment's own bb.sh (no `$`: NOMAD resolves it
 against the parameter file's folder), which starts `python -m blackbox` for this
 experiment. NOMAD's cache, history and solution files go to <experiment>/nomad/, which exists from the start
-(committed with a .gitkeep): NOMAD does not make folders.
+(committed with a .gitkeep): NOMAD does not make folders. Reading NOMAD's text is core/nomadtext.py's job.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from bbo.config import ConfigError, ExperimentConfig
-
-NOMAD_DIR = "nomad"
-CACHE_FILE = f"{NOMAD_DIR}/cache.txt"
-HISTORY_FILE = f"{NOMAD_DIR}/history.txt"
-SOLUTION_FILE = f"{NOMAD_DIR}/solution.txt"
-KEEP_FILE = ".gitkeep"  # nomad/ is in git (empty), so a plain `nomad param.txt` on a fresh clone can write there
-
-# Standard NOMAD 4.5 keywords a parameter file of ours may hold (extra_lines included).
-KNOWN_KEYWORDS = {
-    "DIMENSION", "BB_INPUT_TYPE", "BB_OUTPUT_TYPE", "X0", "LOWER_BOUND", "UPPER_BOUND", "MAX_BB_EVAL", "SEED",
-    "BB_EXE", "BB_MAX_BLOCK_SIZE", "CACHE_FILE", "HISTORY_FILE", "SOLUTION_FILE", "ADD_SEED_TO_FILE_NAMES",
-    "DISPLAY_DEGREE", "DISPLAY_STATS", "DISPLAY_ALL_EVAL", "DISPLAY_INFEASIBLE", "DISPLAY_UNSUCCESSFUL",
-    "STATS_FILE", "LH_SEARCH", "VNS_MADS_SEARCH", "VNS_MADS_SEARCH_TRIGGER", "NM_SEARCH", "QUAD_MODEL_SEARCH",
-    "SGTELIB_MODEL_SEARCH", "SPECULATIVE_SEARCH", "DIRECTION_TYPE", "GRANULARITY", "MIN_MESH_SIZE",
-    "MIN_FRAME_SIZE", "INITIAL_MESH_SIZE", "INITIAL_FRAME_SIZE", "MAX_TIME", "MAX_ITERATIONS", "F_TARGET",
-    "NB_THREADS_PARALLEL_EVAL", "EVAL_OPPORTUNISTIC", "EVAL_QUEUE_SORT", "FIXED_VARIABLE", "H_MAX_0",
-    "MAX_EVAL", "STOP_IF_FEASIBLE", "ANISOTROPIC_MESH", "ORTHO_MESH_REFINE_FREQ", "RHO", "EVAL_USE_CACHE",
-    "CACHE_SIZE_MAX", "BB_EVAL_FORMAT", "SURROGATE_EXE", "DIRECTION_TYPE_SECONDARY_POLL", "NB_THREADS_OPENMP",
-    "MEGA_SEARCH_POLL", "QUAD_MODEL_MAX_EVAL", "NM_SEARCH_MAX_TRIAL_PTS_NFACTOR", "SEED_FOR_SIMPLE_RNG",
-}
-REMOVED_KEYWORDS = {"NB_THREADS_OPENMP": "it no longer exists in NOMAD 4.5 (use BB_MAX_BLOCK_SIZE via launch.parallel)"}
+from core.config import ConfigError, ExperimentConfig
+from core.nomadtext import CACHE_FILE, HISTORY_FILE, KEEP_FILE, NOMAD_DIR, SOLUTION_FILE, parse_params
 
 
 def _vector(values) -> str:
@@ -115,33 +95,13 @@ def write(config: ExperimentConfig) -> Path:
     return path
 
 
-def parse(text: str, where: str = "param.txt") -> dict[str, list[str]]:
-    """Keyword -> list of value strings; rejects unknown or removed keywords with a one-line error."""
-    entries = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        keyword, _, value = line.partition(" ")
-        keyword = keyword.upper()
-        if keyword in REMOVED_KEYWORDS:
-            raise ConfigError(f"{where}:{number}: {keyword}: {REMOVED_KEYWORDS[keyword]}")
-        if keyword not in KNOWN_KEYWORDS and keyword != "PROBLEM_DIR":
-            raise ConfigError(f"{where}:{number}: unknown NOMAD keyword {keyword}")
-        entries.setdefault(keyword, []).append(value.strip())
-    return entries
-
-
 def check(config: ExperimentConfig, path: Path | None = None) -> None:
     """param.txt must say what experiment.yaml says; raises ConfigError naming the first difference."""
     path = path or config.dir / "param.txt"
     if not path.exists():
         raise ConfigError(f"{path}: missing; write it with `python -m bbo paramfile {config.dir}`")
-    found = parse(path.read_text(), str(path))
-    expected = parse(render(config))
-    budget = found.get("MAX_BB_EVAL", ["?"])[-1]
-    if not budget.isdigit():
-        raise ConfigError(f"{path}: MAX_BB_EVAL must be a positive integer, got {budget!r}")
+    found = parse_params(path.read_text(), str(path))
+    expected = parse_params(render(config))
     for keyword in sorted(set(found) | set(expected)):
         if _normalize(found.get(keyword)) != _normalize(expected.get(keyword)):
             raise ConfigError(f"{path}: {keyword} is {found.get(keyword)} but experiment.yaml gives "

@@ -65,7 +65,7 @@ shows it); the rest is headroom for what the model above leaves out.
 Time and disk
 -------------
 Tokens per evaluation: the training split's tokens (sum of the tokenised input_ids, from
-blackbox/data.py's cache, the one training uses) x train.epochs; with train.max_steps > 0,
+core/data.py's cache, the one training uses) x train.epochs; with train.max_steps > 0,
 max_steps x per_device_batch_size x grad_accum x num_processes x max_length (an upper
 bound). Data or tokenizer on the hub: --train-tokens (tokens in the training split, one
 epoch). Seconds per evaluation = tokens / (tokens_per_second_per_GPU x num_processes)
@@ -426,15 +426,14 @@ def _largest(space, name: str):
         return var.value, [var.value]
     if var.kind == "choices":
         return max(var.choices), list(var.choices)
-    if var.kind == "log10":
-        return 10.0 ** var.upper, [10.0 ** var.lower, 10.0 ** var.upper]
-    return var.upper, [var.lower, var.upper]
+    low, high = var.value_bounds
+    return high, [low, high]
 
 
 def estimate(config, gpus: GpuSpec | None = None, *, quantization: str | None = None,
              gradient_checkpointing: bool | None = None, tokens_per_second: float | None = None,
              train_tokens: int | None = None) -> Plan:
-    """The plan of an experiment (a bbo.config.ExperimentConfig) on `gpus` (None = unknown).
+    """The plan of an experiment (a core.config.ExperimentConfig) on `gpus` (None = unknown).
 
     quantization: None = model.quantization of the config (when it has one); "4bit" = NF4 base.
     gradient_checkpointing: None = train.gradient_checkpointing of the config.
@@ -572,7 +571,7 @@ def _verdict(plan: Plan, config, mem) -> tuple[str, list[str]]:
 
 
 def _local_data(config) -> bool:
-    from blackbox.data import is_local
+    from core.data import is_local
 
     model = Path(config.resolve(config.model.path))
     if not model.is_dir():
@@ -622,8 +621,8 @@ def _count_local_tokens(config) -> tuple[int, int]:
     """Train and validation tokens of the tokenised split, built (or reused) as train.py does."""
     import datasets
 
-    from blackbox.data import load_tokenized
-    from blackbox.model import load_tokenizer
+    from core.data import load_tokenized
+    from core.model import load_tokenizer
 
     cfg = config.to_dict()
     data = cfg["data"]

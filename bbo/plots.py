@@ -20,7 +20,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import ScalarFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from bbo.results import load_runs, objective_label  # noqa: E402
+from bbo.results import load_runs  # noqa: E402
+from core.config import objective_label  # noqa: E402
+from core.store import State  # noqa: E402
 
 LOG_AXES = {"lr", "alpha_over_rank"}  # searched over orders of magnitude
 LOG2_AXES = {"rank", "alpha"}  # usually powers of two
@@ -62,7 +64,7 @@ def _ylabel(frames) -> str:
 
 
 def _ok(df: pd.DataFrame) -> pd.Series:
-    return df["status"].eq("ok") & df["objective"].notna()
+    return df["status"].eq(State.OK) & df["objective"].notna()
 
 
 def _answered(df: pd.DataFrame) -> pd.DataFrame:

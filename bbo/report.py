@@ -7,15 +7,16 @@ spread of the objective, figures. Tables are written here (no `tabulate` needed)
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from bbo.config import load_config
 from bbo.plots import plot_experiments
-from bbo.results import best, describe_point, load_runs, objective_label, ranked, x0_row
+from bbo.results import load_runs
+from bbo.summary import best, describe_point, missing, ranked, x0_row
+from core.config import load_config, objective_label
+from core.store import FINISHED, State
 
 COMPARED = ["objective", "val_loss", "mmlu", "train_loss", "train_seconds", "wall_seconds"]
 TOP_COLUMNS = ["order", "rank", "alpha", "alpha_over_rank", "dropout", "lr", "objective", "val_loss", "mmlu",
@@ -35,9 +36,7 @@ def write_report(experiment_dir, top: int = 5) -> Path:
     lines = [f"# HPO report: {config.name}", ""]
     if config.description:
         lines += [config.description, ""]
-    sense = ("NOMAD minimised -mmlu (lower objective = higher accuracy)" if config.objective.metric == "mmlu"
-             else f"NOMAD minimised {config.objective.metric} as is")
-    lines += [f"Objective: `{config.objective.metric}`; {sense}. Search space: "
+    lines += [f"Objective: `{config.objective.metric}`; {config.objective.sense}. Search space: "
               f"{', '.join(config.space.names())} (NOMAD budget {config.nomad.budget} new evaluations). "
               f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{config.dir}`.", ""]
     lines += _best_section(df, label)
@@ -61,14 +60,14 @@ def _best_section(df, label) -> list[str]:
     lines = ["## Best point", ""]
     if top is None:
         return lines + ["No evaluation succeeded yet.", ""]
-    order = "" if _missing(top.get("order")) else f", found at evaluation {top['order']} of {len(df)}"
+    order = "" if missing(top.get("order")) else f", found at evaluation {top['order']} of {len(df)}"
     lines += [f"**{describe_point(top)}** -> {label} **{top['objective']:.6g}** (run `{top['run_id']}`{order}).", ""]
     rows = [(name, _fmt(top.get(name))) for name in
             ["rank", "alpha", "alpha_over_rank", "dropout", "lr", "objective", "val_loss", "mmlu", "train_loss",
              "train_seconds", "eval_seconds", "wall_seconds", "tokens_per_second"]
-            if name in top and not _missing(top[name])]
+            if name in top and not missing(top[name])]
     rows += [(c, _fmt(top[c])) for c in top.index
-             if c.startswith("mmlu_") and c not in ("mmlu_n", "mmlu_stderr", "mmlu_seconds") and not _missing(top[c])]
+             if c.startswith("mmlu_") and c not in ("mmlu_n", "mmlu_stderr", "mmlu_seconds") and not missing(top[c])]
     return lines + markdown_table(pd.DataFrame(rows, columns=["", "best"])) + [""]
 
 
@@ -80,14 +79,14 @@ def _x0_section(df, config, label) -> list[str]:
         hp = config.space.decode(x0)
         return lines + [f"X0 ({' '.join(map(str, x0))}: rank {hp['rank']}, alpha {hp['alpha']}, dropout "
                         f"{hp['dropout']:g}, lr {hp['lr']:.3g}) was not evaluated.", ""]
-    if top is None or start["status"] != "ok":
+    if top is None or start["status"] != State.OK:
         return lines + [f"X0 ({describe_point(start)}) ended {start['status']}: "
                         f"{start.get('reason') or 'no objective'}; nothing to compare.", ""]
     rows = []
     for name in ["rank", "alpha", "dropout", "lr"]:
         rows.append((name, _fmt(start[name]), _fmt(top[name]), "", ""))
     for name in COMPARED:
-        if name not in df or _missing(start.get(name)) or _missing(top.get(name)):
+        if name not in df or missing(start.get(name)) or missing(top.get(name)):
             continue
         before, after = float(start[name]), float(top[name])
         diff = after - before
@@ -102,7 +101,7 @@ def _x0_section(df, config, label) -> list[str]:
 def _top_section(df, top, label) -> list[str]:
     lines = [f"## Top {top}", ""]
     rows = ranked(df)
-    rows = rows[rows["status"].eq("ok")].head(top) if len(rows) else rows
+    rows = rows[rows["status"].eq(State.OK)].head(top) if len(rows) else rows
     if rows.empty:
         return lines + ["No successful evaluation.", ""]
     cols = [c for c in TOP_COLUMNS if c in rows and not rows[c].isna().all()]
@@ -116,9 +115,9 @@ def _top_section(df, top, label) -> list[str]:
 def _budget_section(df, config) -> list[str]:
     answered = int(df["n_answers"].sum()) if len(df) else 0
     hits = int(df["cached_hits"].sum()) if len(df) else 0
-    unrecorded = df[df["order"].isna() & df["status"].isin(["ok", "failed", "pruned"])] if len(df) else df
+    unrecorded = df[df["order"].isna() & df["status"].isin(FINISHED + (State.PRUNED,))] if len(df) else df
     trainings = answered - hits + len(unrecorded)
-    failed = df[df["status"].isin(["failed", "pruned"])] if len(df) else df
+    failed = df[df["status"].isin([State.FAILED, State.PRUNED])] if len(df) else df
     kinds = failed["error_kind"].fillna("unknown").value_counts() if len(failed) else pd.Series(dtype="int64")
     kinds_text = ", ".join(f"{k} {v}" for k, v in kinds.items())
     seconds = _training_seconds(df)
@@ -147,7 +146,7 @@ def _training_seconds(df) -> pd.Series:
 
 def _spread_section(df, label) -> list[str]:
     lines = ["## Spread of the objective", ""]
-    ok = df.loc[df["status"].eq("ok"), "objective"].dropna() if len(df) else pd.Series(dtype="float64")
+    ok = df.loc[df["status"].eq(State.OK), "objective"].dropna() if len(df) else pd.Series(dtype="float64")
     if ok.empty:
         return lines + ["No successful evaluation.", ""]
     stats = {"successful runs": len(ok), "min": ok.min(), "median": ok.median(), "max": ok.max(),
@@ -171,16 +170,12 @@ def markdown_table(df: pd.DataFrame) -> list[str]:
 
 
 def _cell(value) -> str:
-    return ("" if _missing(value) else str(value)).replace("|", "\\|").replace("\n", " ")
+    return ("" if missing(value) else str(value)).replace("|", "\\|").replace("\n", " ")
 
 
 def _fmt(value) -> str:
-    if _missing(value):
+    if missing(value):
         return ""
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
     return str(value)
-
-
-def _missing(value) -> bool:
-    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))

@@ -1,7 +1,7 @@
 """LoRA-HPO landscapes the search benchmark replays: two analytic models and one measured table.
 
 Each landscape is an experiment-like `space:` dict (the exact form of
-experiment.yaml, read by bbo.space.SearchSpace) and a function of the decoded
+experiment.yaml, read by core.space.SearchSpace) and a function of the decoded
 hyperparameters {rank, alpha, dropout, lr} -> validation loss (lower is better).
 
 The analytic model (formulas and constants in docs/benchmarks.md):
@@ -105,7 +105,7 @@ class Analytic(Landscape):
     def _optimum(self):
         """The noise-free minimum: every discrete combination; a searched lr at its best value for that
         combination (the step s = s*(r), where h peaks), clamped to the lr range."""
-        from bbo.space import SearchSpace
+        from core.space import SearchSpace
 
         space = SearchSpace.from_dict(self.space)
         discrete = [v for v in space.searched if v.input_type == "I"]
@@ -119,7 +119,8 @@ class Analytic(Landscape):
                 lr_var = others[0]
                 hp = space.decode([coords.get(v.name, lr_var.lower) for v in space.searched])
                 best_lr = self.model.s_ref * math.sqrt(self.model.r_ref / hp["rank"]) * hp["rank"] / hp["alpha"]
-                coords["lr"] = min(max(math.log10(best_lr), lr_var.lower), lr_var.upper)
+                low, high = lr_var.value_bounds
+                coords["lr"] = lr_var.encode(min(max(best_lr, low), high))
             hp = space.decode([coords[v.name] for v in space.searched])
             best = min(best, (self.noise_free(hp), tuple(sorted(hp.items()))))
         return best[0], dict(best[1])
@@ -188,7 +189,7 @@ class Tabulated(Landscape):
         self.optimum = min(self.table.values())
 
     def _check_complete(self):
-        from bbo.space import SearchSpace
+        from core.space import SearchSpace
 
         space = SearchSpace.from_dict(self.space)
         axes = [list(range(int(v.bounds[0]), int(v.bounds[1]) + 1)) if v.input_type == "I" else self.log_lrs
@@ -219,7 +220,7 @@ def all_landscapes(csv_path: Path | None = None) -> list[Landscape]:
 
 def read_bbo3_history(path: Path) -> list[tuple[dict, float]]:
     """The 50 (hyperparameters, val loss) of tests/data/original-bbo3/history.0.txt (the original run)."""
-    from bbo.space import SearchSpace
+    from core.space import SearchSpace
 
     space = SearchSpace.from_dict(EXP3_SPACE)
     out = []

@@ -30,12 +30,11 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import REPO  # noqa: E402  (also sets the offline, single-thread defaults)
-
 import yaml  # noqa: E402
 
-from bbo.config import load_config  # noqa: E402
-from bbo.space import canonical  # noqa: E402
+from benchmarks import REPO  # noqa: E402  (also sets the offline, single-thread defaults)
+from core.config import load_config  # noqa: E402
+from core.space import canonical  # noqa: E402
 
 DEMO = REPO / "experiments" / "demo"
 WORK = REPO / ".cache" / "benchmarks"

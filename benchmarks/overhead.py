@@ -32,9 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import REPO  # noqa: E402  (also sets the offline, single-thread defaults)
-
 import yaml  # noqa: E402
+
+from benchmarks import REPO  # noqa: E402  (also sets the offline, single-thread defaults)
 
 DEMO = REPO / "experiments" / "demo"
 WORK = REPO / ".cache" / "benchmarks"
@@ -46,7 +46,7 @@ IMPORTS_ONLY = """import sys, time
 t0 = time.time()
 import torch
 sys.path.insert(0, {repo!r})
-from blackbox.data import load_tokenized
+from core.data import load_tokenized
 from eval.loss import validation_loss
 from transformers import Trainer, TrainingArguments
 """

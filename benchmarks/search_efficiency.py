@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.landscapes import DATA, Tabulated, exp1_like, exp3_like, read_bbo3_history, spearman  # noqa: E402
-from bbo.space import SearchSpace  # noqa: E402
+from core.space import SearchSpace  # noqa: E402
 
 BBO3_HISTORY = REPO / "tests" / "data" / "original-bbo3" / "history.0.txt"  # copy of the original run
 MEASURED_CSVS = sorted(DATA.glob("landscape_*.csv"))  # from benchmarks/make_landscape.py (small; --full)
@@ -106,18 +106,15 @@ def variant_space(space: dict, variant: dict) -> dict:
 
 def nomad_lines(space: dict, budget: int, seed: int, variant: dict) -> list[str]:
     """The parameter lines bbo.paramfile.render writes for an experiment with this space and nomad section."""
-    from bbo.config import from_dict
     from bbo.paramfile import render
+    from core.config import from_dict
+    from core.nomadtext import param_lines
 
     raw = {"name": "bench", "model": {"path": "unused"}, "data": {"sources": [{"path": "unused.jsonl"}]},
            "objective": {"metric": "val_loss", "extra_outputs": []}, "space": space,
            "nomad": {"budget": budget, "seed": seed, "lh_search": variant.get("lh_search"),
                      "extra_lines": list(variant.get("extra_lines", []))}}
-    lines = []
-    for line in render(from_dict(raw)).splitlines():
-        text = line.split("#", 1)[0].strip()
-        if text and text.split()[0].upper() not in DROPPED:
-            lines.append(text)
+    lines = [line.text for line in param_lines(render(from_dict(raw))) if line.keyword not in DROPPED]
     return lines + ["DISPLAY_DEGREE 0"]
 
 
@@ -173,18 +170,12 @@ def suggest(trial, space: SearchSpace) -> dict:
     coords = []
     for v in space.searched:
         if v.kind == "choices":
-            coords.append(space_index(v, trial.suggest_categorical(v.name, list(v.choices))))
-        elif v.input_type == "I":  # times_rank multiplier or integer alpha range
+            coords.append(v.encode(trial.suggest_categorical(v.name, list(v.choices))))
+        elif v.input_type == "I":  # times_rank multiplier or integer alpha range: NOMAD's integer coordinate
             coords.append(trial.suggest_int(v.name, int(v.lower), int(v.upper)))
-        elif v.kind == "log10":
-            coords.append(math.log10(trial.suggest_float(v.name, 10 ** v.lower, 10 ** v.upper, log=True)))
-        else:
-            coords.append(trial.suggest_float(v.name, v.lower, v.upper))
+        else:  # lr: Optuna samples the value itself (log-uniform for a log10 variable)
+            coords.append(v.encode(trial.suggest_float(v.name, *v.value_bounds, log=v.kind == "log10")))
     return space.decode(coords)
-
-
-def space_index(var, value) -> int:
-    return list(var.choices).index(value) + 1
 
 
 def run_optuna(landscape, sampler: str, seed: int, budget: int) -> list[float]:

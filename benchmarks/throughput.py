@@ -8,10 +8,10 @@
 Why: every NOMAD evaluation is a training run, so tokens/s is evaluations/day.
 Each setup runs `blackbox/train.py`'s own `main` (the exact code the blackbox
 launches) in a fresh process, on a spec.json that differs only where the setups
-differ; the script only instruments it: a counting wrapper around the collator
-train.py builds (real = non-padding tokens, processed = every position the model
-computes) and a step timer (the first --warmup steps are left out); the
-validation pass after training is skipped.
+differ; the script only instruments it through train.Seams: a counting wrapper
+around the collator train.py builds (real = non-padding tokens, processed = every
+position the model computes), a step timer (the first --warmup steps are left out),
+no validation pass after training, and with --model-config a random-weight base.
 
 Setups (per-device batch --batch-size, grad accum 1, LoRA r=8 alpha=16 on all linear layers, alpaca template,
 max length 512, the demo's synthetic Alpaca+Dolly data):
@@ -31,6 +31,7 @@ import sys
 import time
 
 from benchmarks import REPO  # noqa: E402  (also sets the offline, single-thread defaults)
+
 WORK = REPO / ".cache" / "benchmarks" / "throughput"
 
 SETUPS = ["project", "original", "original-pad512"]
@@ -44,11 +45,11 @@ H100_BF16_DENSE = 989e12
 
 def make_spec(setup: str, args, on_gpu: bool) -> dict:
     """The demo experiment's resolved spec (as the blackbox writes it), changed only where the setups differ."""
-    from bbo.config import load_config
-    from blackbox.evaluate import _spec
+    from blackbox.evaluate import train_spec
+    from core.config import load_config
 
     config = load_config(REPO / "experiments" / "demo")
-    spec = _spec(config, f"throughput-{setup}", {"rank": 8, "alpha": 16, "dropout": 0.0, "lr": 2e-4})
+    spec = train_spec(config, f"throughput-{setup}", {"rank": 8, "alpha": 16, "dropout": 0.0, "lr": 2e-4})
     spec["cache_dir"] = str(WORK / "cache")
     spec["data"].update(template="alpaca", max_length=512)
     spec["train"].update(max_steps=args.steps, per_device_batch_size=args.batch_size, grad_accum=1,
@@ -59,7 +60,7 @@ def make_spec(setup: str, args, on_gpu: bool) -> dict:
         spec["model"]["dtype"], spec["train"]["precision"] = "auto", "auto"
     else:
         spec["data"]["packing"] = False
-        spec["pad_to_max_length"] = setup == "original-pad512"
+        spec["data"]["pad_to_max_length"] = setup == "original-pad512"
         spec["model"]["dtype"] = "float32"  # the original loaded the base weights in fp32 ...
         spec["train"]["precision"] = "bf16" if on_gpu else "fp32"  # ... and trained with --bf16 (autocast) on GPU
     if args.model_config:
@@ -101,11 +102,10 @@ def child(setup: str, args) -> dict:
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
 
     counter, step_ends = None, []
-    real_collator, real_callbacks = train._collator, train._callbacks
 
-    def counting_collator(tokenizer, spec):
+    def counting_collator(collator):
         nonlocal counter
-        counter = CountingCollator(real_collator(tokenizer, spec))
+        counter = CountingCollator(collator)
         return counter
 
     class StepTimer(TrainerCallback):
@@ -126,15 +126,9 @@ def child(setup: str, args) -> dict:
             return AutoModelForCausalLM.from_config(config, dtype=dtype,
                                                     attn_implementation=spec["model"]["attn_implementation"])
 
-    def no_validation(model, dataset, collator, batch_size):
-        return {"val_loss": float("nan"), "val_tokens": 0}  # training throughput only: skip the validation pass
-
-    train._collator = counting_collator
-    train.validation_loss = no_validation
-    train._callbacks = lambda spec, fault: real_callbacks(spec, fault) + [StepTimer()]
-    if args.model_config:
-        train._setup_model = random_llama
-    rc = train.main(run_dir)
+    seams = train.Seams(base_model=random_llama if args.model_config else None, wrap_collator=counting_collator,
+                        callbacks=[StepTimer()], validate=False)  # training throughput only: no validation pass
+    rc = train.main(run_dir, seams)
     if rc != 0:
         raise SystemExit(f"{setup}: train.py failed with {rc}: {(run_dir / 'error.json').read_text()}")
 

@@ -18,10 +18,12 @@ import signal
 import sys
 from pathlib import Path
 
-from bbo.config import ConfigError, env_overrides, load_config
-from bbo.preflight import check_inputs
-from bbo.procs import on_death_of
-from bbo.space import PointError, check_hyperparameters
+from core.config import ConfigError, env_overrides, load_config
+from core.nomadtext import point_lines
+from core.preflight import check_inputs
+from core.procs import on_death_of
+from core.space import PointError
+from core.store import RunStore, State
 
 
 def read_points(path: str, space) -> list[tuple[dict, list]]:
@@ -30,8 +32,7 @@ def read_points(path: str, space) -> list[tuple[dict, list]]:
         text = Path(path).read_text()
     except OSError as e:
         raise PointError(f"cannot read point file {path}: {e.strerror}") from None
-    lines = [line.replace("(", " ").replace(")", " ").split() for line in text.splitlines()]
-    lines = [tokens for tokens in lines if tokens]
+    lines = point_lines(text)
     if not lines:
         raise PointError(f"point file {path} is empty")
     points = []
@@ -46,12 +47,7 @@ def read_points(path: str, space) -> list[tuple[dict, list]]:
 
 def hand_point(args, space) -> tuple[dict, list | None]:
     """Hyperparameters given as flags; unset ones default to the space's fixed value or X0."""
-    x0 = space.decode(space.x0)
-    given = {name: getattr(args, name) for name in ("rank", "alpha", "dropout", "lr")}
-    alpha = next(v for v in space.variables if v.name == "alpha")
-    if given["alpha"] is None and alpha.kind == "times_rank" and given["rank"] is not None:
-        given["alpha"] = alpha.x0 * given["rank"]  # keep X0's alpha/rank ratio, as NOMAD's encoding does
-    hp = check_hyperparameters({k: (v if v is not None else x0[k]) for k, v in given.items()})
+    hp = space.complete({name: getattr(args, name) for name in ("rank", "alpha", "dropout", "lr")})
     return hp, space.encode(hp)
 
 
@@ -111,12 +107,12 @@ def main(argv=None) -> int:
         print(outcome.line(), flush=True)
         if args.verbose or not args.pointfile:
             _explain(outcome, config)
-    return 0 if any(o.state == "ok" for o in outcomes) else 1
+    return 0 if any(o.state == State.OK for o in outcomes) else 1
 
 
 def _explain(outcome, config) -> None:
-    print(f"run: {config.dir / 'runs' / outcome.run_id}", file=sys.stderr)
-    if outcome.state == "ok":
+    print(f"run: {RunStore(config.dir).run_dir(outcome.run_id)}", file=sys.stderr)
+    if outcome.state == State.OK:
         shown = {k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
         print("  " + "  ".join(f"{k}={v:.6g}" for k, v in shown.items()), file=sys.stderr)
     else:

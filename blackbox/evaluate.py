@@ -1,7 +1,8 @@
 """Evaluate points: reuse a finished run, or train (accelerate launch) and evaluate it.
 
 Heavy libraries (torch, transformers) are never imported here: they live in the
-child processes, so answering an already-evaluated point costs a Python start.
+child processes (blackbox/train.py, eval/mmlu.py), so answering an already-evaluated
+point costs a Python start. Several points of a NOMAD block run at once, one per GPU slot.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bbo.config import ExperimentConfig
-from bbo.preflight import check_before_training
-from bbo.store import RunStore, read_json, run_id, write_json
+from core.config import ExperimentConfig
+from core.failures import fix_for, read_stop, write_stop
+from core.preflight import check_before_training
+from core.store import RunStore, State, read_json, run_id, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO_ROOT / "blackbox" / "train.py"
@@ -42,7 +44,7 @@ class EvalFailure(Exception):
 @dataclass
 class Outcome:
     run_id: str
-    state: str  # ok | failed
+    state: State  # ok | failed
     cached: bool
     hp: dict
     metrics: dict = field(default_factory=dict)
@@ -52,7 +54,7 @@ class Outcome:
 
     def line(self) -> str:
         """The line NOMAD reads: numbers, or FAILED (NOMAD then marks only this point as failed)."""
-        if self.state != "ok" or self.outputs is None:
+        if self.state != State.OK or self.outputs is None:
             return "FAILED"
         return " ".join(f"{v:.10g}" for v in self.outputs)
 
@@ -68,18 +70,18 @@ def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, s
     search = search_id()
     with store.lock(rid):  # a second process asking for the same point waits here, then reuses
         done = store.finished(rid)
-        if done and (done["state"] == "ok" or not retry_failed):
+        if done and (done["state"] == State.OK or not retry_failed):
             outcome = _stored_outcome(config, store, rid, hp, done)
         elif stopped := _stopped(config, rid, hp, search):  # train nothing more, record nothing
             return stopped
         else:
             outcome = _run(config, store, rid, hp, point, fingerprint, gpus)
-    n = store.record({"run_id": rid, "point": point, "hp": hp, "state": outcome.state,
+    n = store.record({"run_id": rid, "point": point, "hp": hp, "state": str(outcome.state),
                       "objective": outcome.metrics.get("objective"), "cached": outcome.cached,
                       "source": source, "reason": outcome.reason, "error_kind": outcome.error_kind,
                       "search": search, "time": time.time()})
     _progress(store, n, outcome)
-    if outcome.state == "failed" and not outcome.cached:
+    if outcome.state == State.FAILED and not outcome.cached:
         _stop_if_failing(config, store, search)
     return outcome
 
@@ -88,7 +90,7 @@ def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | Non
                    retry_failed: bool = False) -> list[Outcome]:
     """Several points at once, each on its own GPUs (launch.parallel slots of launch.num_processes GPUs).
 
-    The checks before training (hub access, GPUs; bbo/preflight.py) run only when some point
+    The checks before training (hub access, GPUs; core/preflight.py) run only when some point
     must be trained: an already-evaluated point is answered without importing torch.
     """
     store = RunStore(config.dir)
@@ -99,7 +101,7 @@ def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | Non
         return stopped  # answer at once, without the checks
     to_train = [hp for hp, _ in points
                 if not ((done := store.finished(run_id(hp, fingerprint)))
-                        and (done["state"] == "ok" or not retry_failed))]
+                        and (done["state"] == State.OK or not retry_failed))]
     slots = [None]
     if to_train:
         slots, warnings = check_before_training(config)
@@ -125,29 +127,6 @@ def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | Non
 
 # ---------------------------------------------------------------- stopping a failing search
 
-# What to do about each failure kind, for the one message a stopped or all-failed search ends with.
-FIXES = {
-    "load_model": "the base model could not be loaded: check model.path (a local folder, or a hub id your "
-                  "token may read: `hf auth login`), then rerun with --retry-failed",
-    "load_tokenizer": "the tokenizer could not be loaded from model.path: check the folder holds the tokenizer "
-                      "files, then rerun with --retry-failed",
-    "load_data": "the data could not be loaded: check data.sources (paths, formats, hub access), then rerun "
-                 "with --retry-failed",
-    "oom": "out of GPU memory: see `python -m bbo plan <experiment>`; set train.gradient_checkpointing=true, "
-           "lower train.per_device_batch_size (raise train.grad_accum to keep the effective batch), or "
-           "model.quantization=4bit; then rerun with --retry-failed",
-    "timeout": "evaluations ran past launch.timeout_minutes: raise it (see the time estimate of "
-               "`python -m bbo plan <experiment>`) or shorten training, then rerun with --retry-failed",
-    "diverged": "training diverged (NaN or huge loss): lower the learning rate range or train.max_grad_norm",
-    "eval": "the MMLU evaluation failed: see mmlu.log in the run folders, then rerun with --retry-failed",
-    "crash": "training crashed: see train.log in the run folders, then rerun with --retry-failed",
-}
-
-
-def fix_for(kind: str | None) -> str:
-    return FIXES.get(kind or "", "see train.log in the run folders, then rerun with --retry-failed")
-
-
 def search_id() -> str:
     """Which search an evaluation belongs to: set by `bbo run` / `bbo.nomad`; under a plain `nomad`
     binary, the NOMAD process that started this blackbox (the nearest ancestor that is not a shell)."""
@@ -167,16 +146,12 @@ def search_id() -> str:
     return f"nomad-{pid}"
 
 
-def stop_file(config: ExperimentConfig) -> Path:
-    return config.dir / "nomad" / "stop.json"
-
-
 def _stopped(config: ExperimentConfig, rid: str, hp: dict, search: str) -> Outcome | None:
     """The answer for a point of a search that was stopped (see _stop_if_failing), else None."""
-    stop = read_json(stop_file(config))
-    if not (isinstance(stop, dict) and stop.get("search") == search):
+    stop = read_stop(config.dir, search)
+    if stop is None:
         return None
-    return Outcome(rid, "failed", False, hp, reason=f"search stopped: {stop.get('message')}", error_kind="stopped")
+    return Outcome(rid, State.FAILED, False, hp, reason=f"search stopped: {stop.get('message')}", error_kind="stopped")
 
 
 def _stop_if_failing(config: ExperimentConfig, store: RunStore, search: str) -> None:
@@ -188,25 +163,23 @@ def _stop_if_failing(config: ExperimentConfig, store: RunStore, search: str) -> 
     trained = [e for e in store.evaluations() if e.get("search") == search and not e.get("cached")]
     first = trained[:n]
     kinds = {e.get("error_kind") for e in first}
-    if len(first) < n or any(e.get("state") != "failed" for e in first) or len(kinds) != 1:
+    if len(first) < n or any(e.get("state") != State.FAILED for e in first) or len(kinds) != 1:
         return
     kind = kinds.pop()
-    path = stop_file(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"search": search, "kind": kind, "time": time.time(),
+    write_stop(config.dir, {"search": search, "kind": kind, "time": time.time(),
                       "message": f"the first {n} evaluations all failed with {kind} ({first[-1].get('reason')})",
                       "fix": fix_for(kind)})
 
 
 def _stored_outcome(config, store, rid, hp, status) -> Outcome:
-    if status["state"] != "ok":
-        return Outcome(rid, "failed", True, hp, reason=status.get("reason"), error_kind=status.get("error_kind"))
+    if status["state"] != State.OK:
+        return Outcome(rid, State.FAILED, True, hp, reason=status.get("reason"), error_kind=status.get("error_kind"))
     metrics = store.metrics(rid)
     try:
         outputs = _outputs(config, metrics)
     except EvalFailure as e:  # a stored run that lacks an output this config asks for
-        return Outcome(rid, "failed", True, hp, metrics, reason=str(e), error_kind=e.kind)
-    return Outcome(rid, "ok", True, hp, metrics, outputs)
+        return Outcome(rid, State.FAILED, True, hp, metrics, reason=str(e), error_kind=e.kind)
+    return Outcome(rid, State.OK, True, hp, metrics, outputs)
 
 
 def _outputs(config: ExperimentConfig, metrics: dict) -> list[float]:
@@ -223,7 +196,7 @@ def _run(config, store, rid, hp, point, fingerprint, gpus) -> Outcome:
     run_dir = store.begin(rid, {"run_id": rid, "hp": hp, "point": point, "experiment": config.name,
                                 "fixed": fingerprint})
     write_json(run_dir / "provenance.json", _provenance(config))
-    write_json(run_dir / "spec.json", _spec(config, rid, hp))
+    write_json(run_dir / "spec.json", train_spec(config, rid, hp))
     timeout = config.launch.timeout_minutes
     deadline = time.time() + timeout * 60 if timeout else None
     t0 = time.time()
@@ -236,10 +209,10 @@ def _run(config, store, rid, hp, point, fingerprint, gpus) -> Outcome:
         metrics["wall_seconds"] = time.time() - t0
         outputs = _outputs(config, metrics)
     except EvalFailure as e:
-        store.finish(rid, "failed", reason=str(e), error_kind=e.kind, log_tail=e.log_tail)
-        return Outcome(rid, "failed", False, hp, reason=f"{e.kind}: {e}", error_kind=e.kind)
-    store.finish(rid, "ok", metrics=metrics)
-    return Outcome(rid, "ok", False, hp, metrics, outputs)
+        store.finish(rid, State.FAILED, reason=str(e), error_kind=e.kind, log_tail=e.log_tail)
+        return Outcome(rid, State.FAILED, False, hp, reason=f"{e.kind}: {e}", error_kind=e.kind)
+    store.finish(rid, State.OK, metrics=metrics)
+    return Outcome(rid, State.OK, False, hp, metrics, outputs)
 
 
 def _objective(config, metrics) -> float:
@@ -254,7 +227,7 @@ def _objective(config, metrics) -> float:
 
 # ---------------------------------------------------------------- child processes
 
-def _spec(config: ExperimentConfig, rid: str, hp: dict) -> dict:
+def train_spec(config: ExperimentConfig, rid: str, hp: dict) -> dict:
     """What train.py needs, with every path resolved: the run folder alone reproduces the run."""
     cfg = config.to_dict()
     cfg["model"]["path"] = config.resolve(config.model.path)
@@ -429,11 +402,11 @@ def _git(*args: str) -> str:
 
 def _progress(store: RunStore, n: int, outcome: Outcome) -> None:
     """One line per evaluation on stderr (stdout belongs to NOMAD): point, objective, best so far."""
-    best = min((e["objective"] for e in store.evaluations() if e.get("state") == "ok"
+    best = min((e["objective"] for e in store.evaluations() if e.get("state") == State.OK
                 and isinstance(e.get("objective"), (int, float))), default=None)
     hp = outcome.hp
     what = f"r={hp['rank']} alpha={hp['alpha']:g} dropout={hp['dropout']:g} lr={hp['lr']:.3g}"
-    if outcome.state == "ok":
+    if outcome.state == State.OK:
         result = f"objective {outcome.metrics['objective']:.6g}"
     else:
         result = f"FAILED ({outcome.reason})"

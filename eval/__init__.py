@@ -1,1 +1,1 @@
-"""Evaluation of trained runs: validation loss and MMLU accuracy."""
+"""Metrics of a trained adapter: validation loss and MMLU accuracy (imports core only)."""

@@ -14,7 +14,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from core.data import IGNORE_INDEX
 
 
 @torch.no_grad()
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     """Recompute a run's validation loss from its folder (base model + adapter + the experiment's data)."""
     from pathlib import Path
 
-    from blackbox.train import load_for_eval
+    from core.model import load_for_eval
 
     run_dir = Path((argv or sys.argv[1:])[0])
     model, val_set, collator, spec = load_for_eval(run_dir)

@@ -21,7 +21,9 @@ task="mmlu" runs the stock lm-eval task, which downloads cais/mmlu from the hub.
 Both return {"mmlu": acc, "mmlu_stderr", "mmlu_subjects": {subject: acc},
 "mmlu_n": examples scored, "lm_eval_version"}; "mmlu" is the mean over all scored
 examples (subjects weighted by size), as lm-eval's stock group reports it.
-lm-eval and torch are imported inside the functions: `--help` and the checks stay light.
+The blackbox runs it as a child process after training (blackbox/evaluate.py), so lm-eval's
+memory goes when it ends. lm-eval and torch are imported inside the functions: `--help` and
+the checks stay light. The options' rules are core/config.py's MmluConfig.
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-TASKS = ("mmlu_local", "mmlu")
+from core.config import MMLU_TASKS, MmluConfig
+from core.model import load_model, load_tokenizer, resolve_device, resolve_dtype
+
 TEMPLATE = Path(__file__).resolve().parent / "tasks" / "mmlu_local" / "_mmlu_local_template_yaml"
 _SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -55,27 +59,11 @@ def evaluate_mmlu(model_path: str, adapter_path: str | None, *, task: str = "mml
     return summary
 
 
-def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
-    """`auto` from torch: the GPU and bfloat16 when torch sees one, else CPU and float32."""
-    import torch
-
-    on_gpu = torch.cuda.is_available()
-    if device == "auto":
-        device = "cuda" if on_gpu else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    return device, dtype
-
-
 def _evaluate(model_path, adapter_path, *, task, data_dir, num_fewshot, limit, batch_size, dtype, device,
               trust_remote_code, work_dir, log_samples, quantization=None) -> tuple[dict | None, dict | None]:
     """(summary, raw lm-eval results); tests use log_samples=True to see per-example log-likelihoods."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
-    if not isinstance(num_fewshot, int) or num_fewshot < 0:
-        raise ValueError(f"num_fewshot must be an integer >= 0, got {num_fewshot!r}")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    MmluConfig(task=task, data_dir=data_dir, num_fewshot=num_fewshot, limit=limit,
+               batch_size=batch_size).check_values()  # the config's rules, as ValueError
     subjects = validate_data(data_dir, num_fewshot) if task == "mmlu_local" else None
 
     with tempfile.TemporaryDirectory(prefix="mmlu_tasks_") as tmp:
@@ -93,7 +81,8 @@ def _evaluate(model_path, adapter_path, *, task, data_dir, num_fewshot, limit, b
 
         hint_filter = _DropLogLines("Custom kwargs can be passed")  # one warning per subject; our kwargs are in the YAML
         logging.getLogger("lm_eval.api.task").addFilter(hint_filter)
-        device, dtype = resolve_device_dtype(device, dtype)
+        device = resolve_device(device)
+        dtype = str(resolve_dtype(dtype, device)).replace("torch.", "")
         if quantization:  # the same 4-bit base the adapter was trained on, built by the shared loader
             model, model_args = _quantized_lm(model_path, adapter_path, quantization, device, batch_size,
                                               trust_remote_code), None
@@ -115,12 +104,10 @@ def _evaluate(model_path, adapter_path, *, task, data_dir, num_fewshot, limit, b
 
 
 def _quantized_lm(model_path, adapter_path, quantization, device, batch_size, trust_remote_code):
-    """lm-eval's HF wrapper around a 4-bit base (+ adapter) loaded by blackbox/model.py: lm-eval's own
+    """lm-eval's HF wrapper around a 4-bit base (+ adapter) loaded by core/model.py: lm-eval's own
     `load_in_4bit` argument no longer reaches the pinned transformers. One process (no data parallelism)."""
     from lm_eval.models.huggingface import HFLM
     from peft import PeftModel
-
-    from blackbox.model import load_model, load_tokenizer, resolve_dtype
 
     model = load_model(model_path, dtype=resolve_dtype("bfloat16"), quantization=quantization,
                        trust_remote_code=trust_remote_code, device=device)
@@ -265,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.mmlu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="base model folder (or hub id)")
     parser.add_argument("--adapter", default=None, help="PEFT/LoRA adapter folder")
-    parser.add_argument("--task", default="mmlu_local", help=" or ".join(TASKS))
+    parser.add_argument("--task", default="mmlu_local", help=" or ".join(MMLU_TASKS))
     parser.add_argument("--data-dir", default=None, help="folder with dev.jsonl and test.jsonl (mmlu_local)")
     parser.add_argument("--num-fewshot", type=int, default=5)
     parser.add_argument("--limit", type=int, default=None, help="max examples per subject")

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Create .venv (once) with everything in requirements.txt; re-installs only when requirements.txt changes.
+# Create .venv (once) with everything in requirements.txt; re-installs only when requirements.txt or
+# pyproject.toml (the packages of the editable install) changes.
 #   bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/python ]; then
   exit 0
 fi

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bbo.config import ConfigError, from_dict, load_config
+from core.config import ConfigError, from_dict, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ["demo", "llama2-7b-mmlu", "llama2-7b-valloss", "llama2-7b-bbo3"]

@@ -14,10 +14,9 @@ import pytest
 import yaml
 
 from conftest import REPO, make_experiment
-
-from bbo.config import load_config
-from bbo.preflight import PreflightError, gpu_slots, visible_gpus
-from bbo.store import run_id
+from core.config import load_config
+from core.preflight import PreflightError, gpu_slots, visible_gpus
+from core.store import run_id
 
 FAST = dict(train={"max_steps": 3, "logging_steps": 1}, objective={"metric": "val_loss", "extra_outputs": []})
 HP = {"rank": 4, "alpha": 4, "dropout": 0.0, "lr": 1e-3}
@@ -87,7 +86,7 @@ def test_more_gpus_asked_than_visible_is_one_clear_error(tmp_path, assets):
 def test_visible_gpus_come_from_torch_and_take_uuids(monkeypatch):
     import torch
 
-    from bbo import preflight
+    from core import preflight
 
     assert preflight.cuda_driver_present() or visible_gpus() == []  # no CUDA driver: no GPU, without torch
     monkeypatch.setattr(preflight, "cuda_driver_present", lambda: True)

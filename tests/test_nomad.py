@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bbo.nomadfiles import read_cache, read_history
+from core.nomadtext import read_cache, read_history
 
 
 def run(*args, timeout=600):

@@ -7,15 +7,15 @@ import torch
 def model_and_data(assets):
     from transformers import AutoTokenizer
 
-    from blackbox.data import build_split, tokenize
-    from blackbox.train import _setup_model
+    from core.data import build_split, tokenize
+    from core.model import load_base
 
     spec = {"model": {"path": assets["model"], "revision": None, "attn_implementation": "sdpa",
                       "trust_remote_code": False}}
     tokenizer = AutoTokenizer.from_pretrained(assets["model"])
     _, val = build_split([{"path": assets["train"], "format": "alpaca"}], 0.05, 0)
     rows = [tokenize(r, tokenizer, "plain", 96) for r in val[:40]]
-    return _setup_model(spec, torch.float32), [r for r in rows if r], tokenizer
+    return load_base(spec["model"], torch.float32), [r for r in rows if r], tokenizer
 
 
 def test_packed_and_padded_validation_loss_agree(model_and_data):
@@ -33,7 +33,7 @@ def test_packed_and_padded_validation_loss_agree(model_and_data):
 def test_labels_cover_only_the_response(assets):
     from transformers import AutoTokenizer
 
-    from blackbox.data import IGNORE_INDEX, format_prompt, tokenize
+    from core.data import IGNORE_INDEX, format_prompt, tokenize
 
     tokenizer = AutoTokenizer.from_pretrained(assets["model"])
     record = {"instruction": "Reverse the word.", "input": "cat", "output": "tac"}

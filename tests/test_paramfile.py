@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from bbo import paramfile
-from bbo.config import ConfigError, load_config
+from core.config import ConfigError, load_config
+from core.nomadtext import parse_params
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -18,8 +19,8 @@ def test_committed_param_files_match_their_config(name):
 
 
 def test_bbo3_param_file_says_what_the_original_said():
-    entries = paramfile.parse((REPO / "experiments" / "llama2-7b-bbo3" / "param.txt").read_text())
-    original = paramfile.parse((REPO / "tests" / "data" / "original-bbo3" / "param.txt").read_text()
+    entries = parse_params((REPO / "experiments" / "llama2-7b-bbo3" / "param.txt").read_text())
+    original = parse_params((REPO / "tests" / "data" / "original-bbo3" / "param.txt").read_text()
                                .replace("NB_THREADS_OPENMP 1", ""))
     assert entries["X0"] == ["( 2 8 1 )"] and entries["UPPER_BOUND"] == ["( 5 64 5 )"]
     assert entries["BB_OUTPUT_TYPE"] == ["OBJ EXTRA_O EXTRA_O EXTRA_O"]

@@ -5,10 +5,9 @@ import sys
 
 import pytest
 
-from conftest import REPO, make_experiment
-
-from bbo.config import load_config
 from bbo.plan import GpuSpec, estimate, parse_gpus
+from conftest import REPO, make_experiment
+from core.config import load_config
 
 GIB = 2 ** 30
 
@@ -147,8 +146,8 @@ def test_parse_gpus_rejects_garbage(text):
 
 
 def test_demo_counts_real_tokens(tmp_path, assets):
-    from blackbox.data import load_tokenized
-    from blackbox.model import load_tokenizer
+    from core.data import load_tokenized
+    from core.model import load_tokenizer
 
     config = load_config(make_experiment(tmp_path, assets))
     plan = estimate(config, tokens_per_second=1000.0)

@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from bbo.config import load_config
-from bbo.paramfile import CACHE_FILE, HISTORY_FILE
-from bbo.results import (best, compare, load_history_file, load_nomad_history, load_runs, summary_text,
-                         table_text, x0_row)
-from bbo.store import RunStore, read_json, run_id, write_json
+from bbo.history import load_history_file, load_nomad_history
+from bbo.results import compare, load_runs
+from bbo.summary import best, summary_text, table_text, x0_row
+from core.config import load_config
+from core.nomadtext import CACHE_FILE, HISTORY_FILE
+from core.store import RunStore, read_json, run_id, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "experiments" / "demo"

@@ -92,7 +92,7 @@ def test_a_block_of_points_is_evaluated_in_parallel(tmp_path, assets):
 
 def test_store_survives_torn_files_left_by_a_crash(tmp_path):
     """A crash mid-write leaves a torn index line or garbage JSON: both read as missing, never as results."""
-    from bbo.store import RunStore, write_json
+    from core.store import RunStore, write_json
 
     store = RunStore(tmp_path)
     assert store.record({"run_id": "a"}) == 1

@@ -1,7 +1,7 @@
 """Encoding/decoding between NOMAD points and LoRA hyperparameters, and bounds."""
 import pytest
 
-from bbo.space import PointError, SearchSpace, SpaceError, check_hyperparameters
+from core.space import PointError, SearchSpace, SpaceError, check_hyperparameters
 
 BBO3 = {  # experiment 3 of the original study
     "rank": {"choices": [4, 8, 16, 32, 64], "x0": 8},

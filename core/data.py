@@ -1,8 +1,10 @@
-"""Instruction data: load, format, split without overlap, tokenize with response-only labels.
+"""Instruction data: the formats and templates, load, split without overlap, tokenize with
+response-only labels, and batch (the collator) for training and evaluation alike.
 
 The tokenized train/validation split is built once per experiment (keyed by the
 data settings and the tokenizer) under experiments/<name>/cache/ and reused by
-every evaluation, so a point never pays for tokenization again.
+every evaluation, so a point never pays for tokenization again. core/config.py
+validates data.sources[].format and data.template against FORMATS and TEMPLATES here.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import random
 import shutil
 from pathlib import Path
 
-IGNORE_INDEX = -100  # label value the loss skips: prompt tokens and padding
+IGNORE_INDEX = -100  # label value the loss skips: prompt tokens, padding, and the seams between packed examples
 
 TEMPLATES = {
     # The Alpaca template the original experiments used.
@@ -49,6 +51,7 @@ class DataError(ValueError):
 
 
 def is_local(path: str) -> bool:
+    """A file or folder path (else a hub id)."""
     return path.endswith((".json", ".jsonl")) or path.startswith((".", "/")) or os.path.exists(path)
 
 
@@ -171,3 +174,16 @@ def load_tokenized(data: dict, tokenizer, tokenizer_path: str, cache_root: str |
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
     return (datasets.load_from_disk(str(target / "train")), datasets.load_from_disk(str(target / "validation")))
+
+
+def collator_for(tokenizer, data: dict):
+    """Batches for training and validation. Packing (data.packing): padding-free rows, examples
+    concatenated with position ids restarting per example; else each batch padded to its longest
+    example (or to max_length with data["pad_to_max_length"], which only the throughput benchmark sets)."""
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    if data["packing"]:
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+    pad_to = data["max_length"] if data.get("pad_to_max_length") else None
+    return DataCollatorForSeq2Seq(tokenizer, padding="max_length" if pad_to else True, max_length=pad_to,
+                                  label_pad_token_id=IGNORE_INDEX)

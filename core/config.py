@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from bbo.space import SearchSpace, SpaceError
+from core.data import FORMATS, TEMPLATES
+from core.space import SearchSpace, SpaceError
 
 
 class ConfigError(ValueError):
@@ -48,19 +49,19 @@ class ModelConfig:
 @dataclass
 class DataSource:
     path: str  # local .json/.jsonl file, or a hub dataset id
-    format: str = "alpaca"  # alpaca (instruction/input/output) | dolly (instruction/context/response)
+    format: str = "alpaca"  # alpaca (instruction/input/output) | dolly (instruction/context/response): core/data.py FORMATS
     max_samples: int | None = None  # take at most this many (seeded shuffle first): mixes sources without resampling
     split: str = "train"  # split name, for hub datasets
 
     def check(self, key):
-        _one_of(f"{key}.format", self.format, ["alpaca", "dolly"])
+        _one_of(f"{key}.format", self.format, list(FORMATS))
         _positive(f"{key}.max_samples", self.max_samples, allow_none=True)
 
 
 @dataclass
 class DataConfig:
     sources: list[DataSource]
-    template: str = "alpaca"  # the prompt template (see blackbox/data.py TEMPLATES)
+    template: str = "alpaca"  # the prompt template: alpaca | plain (core/data.py TEMPLATES)
     val_fraction: float = 0.2  # held-out share, split after deduplication: no example is in both
     split_seed: int = 0
     max_length: int = 512  # tokens; longer examples are truncated
@@ -71,7 +72,7 @@ class DataConfig:
             raise ConfigError("data.sources: needs at least one source")
         for i, source in enumerate(self.sources):
             source.check(f"data.sources[{i}]")
-        _one_of("data.template", self.template, ["alpaca", "plain"])
+        _one_of("data.template", self.template, list(TEMPLATES))
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction: must be in (0, 1), got {self.val_fraction}")
         _positive("data.max_length", self.max_length)
@@ -139,6 +140,9 @@ class LaunchConfig:
         _positive("launch.timeout_minutes", self.timeout_minutes, allow_none=True)
 
 
+MMLU_TASKS = ("mmlu_local", "mmlu")
+
+
 @dataclass
 class MmluConfig:
     task: str = "mmlu_local"  # mmlu_local (offline, eval/tasks) or mmlu (lm-eval's stock task, needs the hub)
@@ -148,16 +152,26 @@ class MmluConfig:
     batch_size: int = 8
 
     def check(self):
-        _one_of("objective.mmlu.task", self.task, ["mmlu_local", "mmlu"])
+        self.check_values(ConfigError, "objective.mmlu.")
         if self.task == "mmlu_local" and not self.data_dir:
             raise ConfigError("objective.mmlu.data_dir: required by task mmlu_local")
-        if self.num_fewshot < 0:
-            raise ConfigError(f"objective.mmlu.num_fewshot: must be >= 0, got {self.num_fewshot}")
-        _positive("objective.mmlu.limit", self.limit, allow_none=True)
-        _positive("objective.mmlu.batch_size", self.batch_size)
+
+    def check_values(self, error=ValueError, prefix: str = "") -> None:
+        """The rules of the options themselves, also for `python -m eval.mmlu` (which raises ValueError)."""
+        if self.task not in MMLU_TASKS:
+            raise error(f"{prefix}task: unknown task {self.task!r}: expected one of {', '.join(MMLU_TASKS)}")
+        if isinstance(self.num_fewshot, bool) or not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
+            raise error(f"{prefix}num_fewshot: must be an integer >= 0, got {self.num_fewshot!r}")
+        for name in ("limit", "batch_size"):
+            value = getattr(self, name)
+            if value is None and name == "limit":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise error(f"{prefix}{name}: must be a positive integer, got {value!r}")
 
 
-# Every output the blackbox can report, and whether NOMAD should minimise it as is.
+# Every output the blackbox can report, and whether NOMAD should minimise it as is. The sign rule
+# (metric_sign) is applied by ObjectiveConfig and objective_label, and nowhere else.
 METRICS = {
     "val_loss": "minimise",
     "mmlu": "maximise",
@@ -166,6 +180,18 @@ METRICS = {
     "eval_seconds": "minimise",
     "tokens_per_second": "maximise",
 }
+
+
+def metric_sign(metric: str) -> float:
+    """objective = sign * metric: NOMAD minimises, so a maximised metric (MMLU accuracy) is negated."""
+    return -1.0 if METRICS[metric] == "maximise" else 1.0
+
+
+def objective_label(metric: str | None) -> str:
+    """What the objective column holds, in words: "objective (min)" or "objective (min) = -mmlu"."""
+    if metric in METRICS and metric_sign(metric) < 0:
+        return f"objective (min) = -{metric}"
+    return "objective (min)"
 
 
 @dataclass
@@ -191,9 +217,19 @@ class ObjectiveConfig:
         return ["objective"] + list(self.extra_outputs)
 
     def to_objective(self, metrics: dict) -> float:
-        """NOMAD minimises: a maximised metric is negated here, and only here."""
-        value = float(metrics[self.metric])
-        return -value if METRICS[self.metric] == "maximise" else value
+        """The number NOMAD minimises, from a run's metrics."""
+        return metric_sign(self.metric) * float(metrics[self.metric])
+
+    def from_objective(self, objective):
+        """The metric back from an objective (a number or a pandas column)."""
+        return metric_sign(self.metric) * objective
+
+    @property
+    def sense(self) -> str:
+        """How NOMAD treats the metric, in words, for reports."""
+        if metric_sign(self.metric) < 0:
+            return f"NOMAD minimised -{self.metric} (lower objective = higher {self.metric})"
+        return f"NOMAD minimised {self.metric} as is"
 
 
 @dataclass

@@ -62,8 +62,20 @@ class Variable:
 
     @property
     def bounds(self) -> tuple[float, float]:
+        """In NOMAD's coordinates."""
         if self.kind == "choices":
             return 1, len(self.choices)
+        return self.lower, self.upper
+
+    @property
+    def value_bounds(self) -> tuple[float, float]:
+        """In the hyperparameter's own units (a learning rate, a dropout); for times_rank, the multiples."""
+        if self.kind == "fixed":
+            return self.value, self.value
+        if self.kind == "choices":
+            return min(self.choices), max(self.choices)
+        if self.kind == "log10":
+            return 10.0 ** self.lower, 10.0 ** self.upper
         return self.lower, self.upper
 
     def decode(self, x: float, rank: int | None = None):
@@ -161,15 +173,24 @@ def _parse_variable(name: str, spec) -> Variable:
     return Variable(name, kind, lower=lower, upper=upper, x0=x0_coord)
 
 
+def value_problem(name: str, value: float) -> str | None:
+    """The rule a hyperparameter value breaks, in words ("must be in [0, 1)"), or None: the one rule set,
+    for the space's bounds and choices (SpaceError) and for points given by hand (PointError)."""
+    if name in INTEGER and (not float(value).is_integer() or value < 1):
+        return "must be an integer >= 1"
+    if name == "dropout" and not 0 <= value < 1:
+        return "must be in [0, 1)"
+    if name in ("lr", "alpha") and value <= 0:
+        return "must be > 0"
+    return None
+
+
 def _check_value(name, value, key):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpaceError(f"{key}: expected a number, got {value!r}")
-    if name in INTEGER and (not float(value).is_integer() or value < 1):
-        raise SpaceError(f"{key}: {name} must be an integer >= 1, got {value!r}")
-    if name == "dropout" and not 0 <= value < 1:
-        raise SpaceError(f"{key}: dropout must be in [0, 1), got {value!r}")
-    if name in ("lr", "alpha") and value <= 0:
-        raise SpaceError(f"{key}: {name} must be > 0, got {value!r}")
+    problem = value_problem(name, value)
+    if problem:
+        raise SpaceError(f"{key}: {name} {problem}, got {value!r}")
 
 
 class SearchSpace:
@@ -261,6 +282,17 @@ class SearchSpace:
             hp[name] = variables[name].decode(by_name.get(name), rank=hp["rank"])
         return hp
 
+    def complete(self, given: dict) -> dict:
+        """Hand-given hyperparameters (None = not given) with the others from X0 (or their fixed value),
+        checked. An unset times_rank alpha keeps X0's multiple of the given rank, as NOMAD's encoding does."""
+        x0 = self.decode(self.x0)
+        given = dict(given)
+        alpha = next(v for v in self.variables if v.name == "alpha")
+        if given.get("alpha") is None and alpha.kind == "times_rank" and given.get("rank") is not None:
+            given["alpha"] = alpha.decode(alpha.x0, rank=given["rank"])
+        return check_hyperparameters({name: given[name] if given.get(name) is not None else x0[name]
+                                      for name in NAMES})
+
     def encode(self, hp: dict) -> list | None:
         """Hyperparameters -> NOMAD coordinates, or None if the space cannot represent them."""
         coords = []
@@ -287,11 +319,8 @@ def check_hyperparameters(hp: dict) -> dict:
             raise PointError(f"{name}: {hp[name]!r} is not a number") from None
         if not math.isfinite(value):
             raise PointError(f"{name}: {hp[name]!r} is not finite")
-        if name in INTEGER and (not value.is_integer() or value < 1):
-            raise PointError(f"{name}: must be an integer >= 1, got {hp[name]!r}")
-        if name == "dropout" and not 0 <= value < 1:
-            raise PointError(f"dropout: must be in [0, 1), got {hp[name]!r}")
-        if name == "lr" and value <= 0:
-            raise PointError(f"lr: must be > 0, got {hp[name]!r}")
+        problem = value_problem(name, value)
+        if problem:
+            raise PointError(f"{name}: {problem}, got {hp[name]!r}")
         out[name] = int(value) if name in INTEGER else canonical(value)
     return out

@@ -1,21 +1,26 @@
-"""Run folders: the truth about every evaluated point. The only code that writes under runs/.
+"""Run folders: the truth about every evaluated point, and the one way files are written there.
 
     experiments/<name>/runs/<run id>/
-        params.json     decoded hyperparameters, NOMAD point, fingerprint of the fixed settings
-        status.json     {"state": "running" | "ok" | "failed", "reason", "error_kind", ...}; written last
-        metrics.json    every measured number (objective, val_loss, mmlu, train_loss, seconds)
-        provenance.json package versions, git commit, host, command
-        train.log, mmlu.log, adapter/
-    experiments/<name>/evaluations.jsonl   one line per answer the blackbox gave (order, cached or not)
+        params.json        decoded hyperparameters, NOMAD point, fingerprint     RunStore.begin
+        status.json        {"state": State, "reason", "error_kind", ...}; last  RunStore.begin / finish
+        metrics.json       every measured number (objective, val_loss, mmlu...)  RunStore.finish
+        provenance.json    package versions, git commit, host, command           blackbox/evaluate.py
+        spec.json          what training needs, every path resolved              blackbox/evaluate.py
+        train_result.json, adapter/, error*.json                                 blackbox/train.py
+        mmlu.json                                                                eval/mmlu.py
+        train.log, mmlu.log                                                      the child processes' output
+    experiments/<name>/evaluations.jsonl   one line per answer the blackbox gave   RunStore.record
 
+RunStore owns the folder's life (begin, finish, lock, record); every JSON file in it, whoever
+writes it, goes through write_json (temp file + rename: a reader never sees half a file).
 A run id is derived from the hyperparameters and the experiment's fixed settings,
 so the same point asked twice, by NOMAD or by hand, maps to the same folder.
-Every file is written atomically (temp file + rename). A lock per run id makes
-two processes asking for the same point train it once; a folder left in state
-"running" by a dead process is detected (its lock is free) and redone.
+A lock per run id makes two processes asking for the same point train it once; a folder
+left in state "running" by a dead process is detected (its lock is free) and redone.
 """
 from __future__ import annotations
 
+import enum
 import fcntl
 import hashlib
 import json
@@ -26,7 +31,20 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-STATES = ("running", "ok", "failed")
+
+class State(str, enum.Enum):
+    """How a run stands: status.json's "state", stored as the plain string ("ok")."""
+
+    RUNNING = "running"  # begun, not finished: a live run holds its lock; a dead one is redone
+    OK = "ok"  # finished with every output the config asks for
+    FAILED = "failed"  # finished without them: error_kind says how (core/failures.py)
+    PRUNED = "pruned"  # stopped early as hopeless by a pruning rule (none is implemented yet)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINISHED = (State.OK, State.FAILED)  # what finish() may record
 
 
 def run_id(hp: dict, fingerprint: dict) -> str:
@@ -86,9 +104,9 @@ class RunStore:
         "running" while we hold the lock, garbage files) is an incomplete run.
         """
         status = self.status(rid)
-        if not status or status.get("state") not in ("ok", "failed"):
+        if not status or status.get("state") not in FINISHED:
             return None
-        if status["state"] == "ok" and not isinstance(read_json(self.run_dir(rid) / "metrics.json"), dict):
+        if status["state"] == State.OK and not isinstance(read_json(self.run_dir(rid) / "metrics.json"), dict):
             return None
         return status
 
@@ -106,22 +124,22 @@ class RunStore:
         write_json(run_dir / "params.json", params)
         previous = (old or {}).get("state")
         write_json(run_dir / "status.json", {
-            "state": "running", "attempt": attempt,
-            "previous": "interrupted" if previous == "running" else previous,
+            "state": State.RUNNING.value, "attempt": attempt,
+            "previous": "interrupted" if previous == State.RUNNING else previous,
             "started": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
         })
         return run_dir
 
-    def finish(self, rid: str, state: str, *, metrics: dict | None = None,
+    def finish(self, rid: str, state: State, *, metrics: dict | None = None,
                reason: str | None = None, error_kind: str | None = None, log_tail: str | None = None) -> dict:
         """Record the outcome: metrics first, status last, so "ok" always has its metrics."""
-        if state not in ("ok", "failed"):
+        if state not in FINISHED:
             raise ValueError(f"finish: state must be ok or failed, got {state}")
         run_dir = self.run_dir(rid)
         if metrics is not None:
             write_json(run_dir / "metrics.json", metrics)
         status = dict(self.status(rid) or {})
-        status.update(state=state, finished=time.time(), reason=reason, error_kind=error_kind)
+        status.update(state=State(state).value, finished=time.time(), reason=reason, error_kind=error_kind)
         if log_tail:
             status["log_tail"] = log_tail
         write_json(run_dir / "status.json", status)

@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from bbo.config import ConfigError, ExperimentConfig
+from core.config import ConfigError, ExperimentConfig
 
 
 class PreflightError(ConfigError):
@@ -32,7 +32,7 @@ class PreflightError(ConfigError):
 def check_inputs(config: ExperimentConfig) -> None:
     """Model, data and MMLU paths must exist, and local data must have its format's fields,
     before any run folder is made for them (a bad source is a config error, not a failed point)."""
-    from blackbox.data import FORMATS, is_local
+    from core.data import FORMATS, is_local
 
     checks = [("model.path", config.model.path)] + [
         (f"data.sources[{i}].path", s.path) for i, s in enumerate(config.data.sources)]
@@ -62,7 +62,7 @@ def check_inputs(config: ExperimentConfig) -> None:
 
 def hub_ids(config: ExperimentConfig) -> list[tuple[str, str, str, str | None]]:
     """(config key, repo id, repo type, revision) of everything the experiment loads from the hub."""
-    from blackbox.data import is_local
+    from core.data import is_local
 
     ids = []
     if not is_local(config.model.path):

@@ -1,0 +1,160 @@
+"""Reading a results table: ranking, the best point, X0, and the text `bbo run` and `bbo results` print.
+
+    from bbo.summary import best, ranked, table_text
+    best(load_runs("experiments/demo"))        # the row NOMAD's search found best
+
+Works on the tables of bbo/results.py and bbo/history.py alike (df.attrs says the metric and X0).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from bbo.results import HP, frame_attrs
+from core.config import ExperimentConfig, objective_label
+from core.store import State
+
+
+def ranked(df: pd.DataFrame) -> pd.DataFrame:
+    """ok rows by objective (best first), then everything else in evaluation order."""
+    if df.empty:
+        return df
+    ok = df["status"].eq(State.OK) & df["objective"].notna()
+    rest = df[~ok]
+    if "order" in rest:
+        rest = rest.sort_values("order", kind="stable", na_position="last")
+    return pd.concat([df[ok].sort_values("objective", kind="stable"), rest], ignore_index=True)
+
+
+def best(df: pd.DataFrame) -> pd.Series | None:
+    """The ok row with the lowest objective (what NOMAD minimised), or None."""
+    ok = df[df["status"].eq(State.OK) & df["objective"].notna()] if len(df) else df
+    if ok.empty:
+        return None
+    return ok.loc[ok["objective"].idxmin()]
+
+
+def x0_row(df: pd.DataFrame, x0: list | None = None) -> pd.Series | None:
+    """The row evaluated at NOMAD's starting point X0 (from df.attrs unless given), or None."""
+    x0 = x0 if x0 is not None else df.attrs.get("x0")
+    names = df.attrs.get("names")
+    if not x0 or not names or df.empty:
+        return None
+    cols = [f"x_{n}" if f"x_{n}" in df else f"x{n}" for n in names]
+    if not all(c in df for c in cols):
+        return None
+    match = pd.Series(True, index=df.index)
+    for col, value in zip(cols, x0):
+        match &= np.isclose(pd.to_numeric(df[col], errors="coerce").astype("float64").to_numpy(na_value=np.nan),
+                            float(value), rtol=1e-9, atol=1e-12)
+    hits = df[match]
+    if hits.empty:
+        return None
+    ok = hits[hits["status"].eq(State.OK)]
+    return (ok if len(ok) else hits).iloc[0]
+
+
+TABLE_COLUMNS = ["experiment", "order", "status", "rank", "alpha", "alpha_over_rank", "dropout", "lr",
+                 "objective", "val_loss", "mmlu", "train_loss", "wall_seconds", "cached", "cached_hits",
+                 "run_id", "reason"]
+OPTIONAL_COLUMNS = {"val_loss", "mmlu", "train_loss", "wall_seconds", "cached", "cached_hits", "run_id", "reason"}
+
+
+def _coordinate_columns(df: pd.DataFrame) -> list[str]:
+    """x_<name> columns (experiments) or x1..xn (bare NOMAD history files)."""
+    return [c for c in df.columns if _is_coordinate(c)]
+
+
+def _is_coordinate(name: str) -> bool:
+    return name.startswith("x_") or (name.startswith("x") and name[1:].isdigit())
+
+
+def table_text(df: pd.DataFrame, top: int | None = None) -> str:
+    """A readable table: chosen columns, rounded, best first, failures last."""
+    if df.empty:
+        return "no evaluations yet"
+    rows = ranked(df)
+    if top is not None:
+        rows = rows.head(top)
+    cols = [c for c in TABLE_COLUMNS if c in rows and not (c in OPTIONAL_COLUMNS and rows[c].isna().all())]
+    if "rank" not in rows or rows["rank"].isna().all():  # no decoded hyperparameters: show the coordinates
+        cols = [c for c in cols if c not in HP]
+        at = cols.index("status") + 1 if "status" in cols else 0
+        cols[at:at] = _coordinate_columns(rows)
+    elif _coordinate_columns(rows):  # NOMAD's coordinates in one compact column
+        cols.insert(cols.index("status") + 1 if "status" in cols else 0, "point")
+    cols += [c for c in rows.columns if c.startswith("extra_")]
+    out = rows.assign(point=_point_text(rows))[cols].copy() if "point" in cols else rows[cols].copy()
+    if "reason" in out:
+        out["reason"] = out["reason"].map(lambda r: "" if not isinstance(r, str) else r if len(r) <= 40
+                                          else r[:37] + "...")
+    if "run_id" in out:
+        out["run_id"] = out["run_id"].map(lambda r: r if isinstance(r, str) else "")
+    if "wall_seconds" in out:
+        out["wall_seconds"] = out["wall_seconds"] / 60
+        out = out.rename(columns={"wall_seconds": "wall_min"})
+    formats = {"objective": "{:.4f}", "val_loss": "{:.4f}", "mmlu": "{:.4f}", "train_loss": "{:.4f}",
+               "alpha_over_rank": "{:g}", "dropout": "{:g}", "lr": "{:.3g}", "wall_min": "{:.1f}"}
+    formats.update({c: "{:.4g}" for c in out.columns if c.startswith("extra_")})
+    for col, fmt in formats.items():
+        if col in out:
+            out[col] = out[col].map(lambda v, f=fmt: "" if missing(v) else f.format(v))
+    for col in out.columns:
+        if col not in formats:
+            out[col] = out[col].map(lambda v: "" if missing(v) else str(v))
+    out = out.rename(columns={"objective": objective_label(df.attrs.get("metric"))})
+    return out.to_string(index=False)
+
+
+def _point_text(df: pd.DataFrame) -> pd.Series:
+    coords = _coordinate_columns(df)
+    return df[coords].apply(lambda r: " ".join("" if missing(v) else f"{v:g}" if isinstance(v, float) else str(v)
+                                               for v in r).strip(), axis=1)
+
+
+def missing(v) -> bool:
+    """None, NA, NaN or NaT: a cell to show empty."""
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT
+
+
+def describe_point(row: pd.Series) -> str:
+    """rank 8, alpha 16 (2 x rank), dropout 0.05, lr 0.0001: the hyperparameters of one row, in words."""
+    if "rank" in row and not missing(row["rank"]):
+        text = f"rank {row['rank']}, alpha {row['alpha']} ({row['alpha_over_rank']:g} x rank), " \
+               f"dropout {row['dropout']:g}, lr {row['lr']:.3g}"
+    else:
+        text = ""
+    coords = [c for c in row.index if _is_coordinate(c)]
+    if coords and not all(missing(row[c]) for c in coords):
+        point = " ".join(f"{row[c]:g}" if isinstance(row[c], float) else str(row[c])
+                         for c in coords if not missing(row[c]))
+        text = f"{text} [NOMAD point ({point})]" if text else f"NOMAD point ({point})"
+    return text
+
+
+def summary_text(df: pd.DataFrame, config: ExperimentConfig | None = None) -> str:
+    """What `bbo run` prints at the end: the table, the best point, X0 versus best."""
+    if config is not None:  # a frame that lost its attrs (concat, filtering) still finds X0
+        df = df.copy(deep=False)
+        df.attrs.update({k: v for k, v in frame_attrs(config).items() if k not in df.attrs})
+    lines = [table_text(df)]
+    top = best(df)
+    if top is None:
+        lines.append("best point: none (no evaluation succeeded)")
+        return "\n".join(lines)
+    label = objective_label(df.attrs.get("metric"))
+    lines.append(f"best point: {describe_point(top)} -> {label} {top['objective']:.6g}")
+    start = x0_row(df)
+    if start is None:
+        lines.append("X0: not evaluated")
+    elif start["status"] != State.OK or missing(start["objective"]):
+        lines.append(f"X0: {describe_point(start)} -> {start['status']}")
+    else:
+        lines.append(f"X0: {describe_point(start)} -> {label} {start['objective']:.6g}")
+        diff = top["objective"] - start["objective"]
+        rel = diff / abs(start["objective"]) * 100 if start["objective"] else float("nan")
+        lines.append(f"X0 vs best: {start['objective']:.6g} -> {top['objective']:.6g} "
+                     f"(difference {diff:+.4g}, {rel:+.2f}%)")
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""Fault injection, for the tests of docs/failures.md: a real failure, on the real code path.
+
+    BBO_FAULT=<kind>@<step>[,match=<text in run id>][,rank=<r>]   kind: oom | nan | error | hang | crash
+    BBO_FAULT=<kind>[,match=...]                                    kind: load_model | eval_error | garbage_metrics
+
+Each kind raises (or does) in training what the real failure would: an OOM is torch's
+OutOfMemoryError, a NaN fills the trainable weights, a crash is SIGKILL. Unset, nothing happens.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+AT_PHASE = {"load_model": "load_model", "eval_error": "eval"}  # faults raised when a phase starts
+
+
+def parse_fault(run_dir: Path) -> dict | None:
+    """The fault BBO_FAULT asks for in this run (and on this rank), or None."""
+    text = os.environ.get("BBO_FAULT", "").strip()
+    if not text:
+        return None
+    head, _, options = text.partition(",")
+    kind, _, step = head.partition("@")
+    for option in filter(None, options.split(",")):
+        name, _, value = option.partition("=")
+        if name == "match" and value not in run_dir.name:
+            return None
+        if name == "rank" and value != os.environ.get("RANK", "0"):
+            return None
+    return {"kind": kind, "step": int(step) if step else None}
+
+
+def at_phase(fault: dict | None, phase: str) -> None:
+    """Raise the fault meant for the start of this phase (a model that cannot load, a failing evaluation)."""
+    if fault and AT_PHASE.get(fault["kind"]) == phase:
+        if phase == "load_model":
+            raise OSError("injected fault: cannot load the model")
+        raise RuntimeError("injected fault: evaluation error")
+
+
+def garbles_metrics(fault: dict | None) -> bool:
+    """train_result.json is to be written as garbage (a crash mid-write, as the blackbox would see it)."""
+    return bool(fault) and fault["kind"] == "garbage_metrics"
+
+
+def step_callback(fault: dict | None):
+    """A TrainerCallback that injects a step fault at its step (does nothing for other faults)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class InjectFault(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if fault is None or fault["step"] is None or state.global_step != fault["step"]:
+                return
+            kind = fault["kind"]
+            if kind == "oom":
+                raise torch.OutOfMemoryError("injected fault: CUDA out of memory. Tried to allocate 2.00 GiB")
+            if kind == "nan":
+                with torch.no_grad():
+                    for _, p in model.named_parameters():
+                        if p.requires_grad:
+                            p.fill_(float("nan"))
+            elif kind == "error":
+                raise RuntimeError("injected fault: training error")
+            elif kind == "hang":
+                time.sleep(10_000)
+            elif kind == "crash":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return InjectFault()

@@ -1,0 +1,112 @@
+"""Loading the base model, its tokenizer and a trained adapter: the one place training and evaluation share.
+
+Why one place: the device, the dtype, the attention implementation and the 4-bit (QLoRA) base
+must be the same when an adapter is trained (blackbox/train.py), when its validation loss is
+recomputed (eval/loss.py) and when it is scored on MMLU (eval/mmlu.py; lm-eval loads a
+non-quantized base itself, with the dtype resolved here). torch is imported inside the functions.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def resolve_device(device: str = "auto") -> str:
+    """`auto` = cuda when torch sees a GPU, else cpu; anything else as given (cuda:1, cpu)."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str, device: str = "auto"):
+    """torch dtype for model.dtype; `auto` = bfloat16 on a GPU, float32 on CPU (bf16 matmuls are slow there)."""
+    import torch
+
+    if name == "auto":
+        name = "bfloat16" if resolve_device(device).startswith("cuda") else "float32"
+    return getattr(torch, name)
+
+
+def quantization_config(quantization: str | None):
+    """bitsandbytes NF4 with double quantization and bf16 compute (the QLoRA recipe), or None."""
+    if quantization is None:
+        return None
+    if quantization != "4bit":
+        raise ValueError(f"model.quantization: {quantization!r} is not one of 4bit")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, *, dtype, revision: str | None = None, attn_implementation: str = "sdpa",
+               trust_remote_code: bool = False, quantization: str | None = None, device: str | None = None):
+    """The base model in its training dtype from the start (never fp32 weights on GPU).
+
+    A 4-bit base is placed on `device` while loading (bitsandbytes quantizes on the way in);
+    other models load on CPU and the caller (Trainer, lm-eval) moves them.
+    """
+    from transformers import AutoModelForCausalLM
+
+    extra = {}
+    if quantization:
+        extra = {"quantization_config": quantization_config(quantization), "device_map": {"": device or "cpu"}}
+    model = AutoModelForCausalLM.from_pretrained(
+        path, revision=revision, dtype=dtype, attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code, **extra)
+    # No KV cache: with one, transformers skips its packed-sequence detection and packed examples
+    # would attend to each other (measured: a different loss than the same examples padded).
+    model.config.use_cache = False
+    return model
+
+
+def load_base(model_spec: dict, dtype, gradient_checkpointing: bool = False):
+    """The base model of a run (spec.json's "model"), on this process's GPU when there is one, ready for
+    LoRA: a 4-bit base gets peft's k-bit preparation (norms in fp32, inputs that need grads)."""
+    import torch
+
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    model = load_model(model_spec["path"], dtype=dtype, revision=model_spec["revision"],
+                       attn_implementation=model_spec["attn_implementation"],
+                       trust_remote_code=model_spec["trust_remote_code"],
+                       quantization=model_spec.get("quantization"), device=device)
+    if model_spec.get("quantization"):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def run_dtype(spec: dict):
+    """The weights' dtype of a run: bfloat16 compute for a 4-bit base, else model.dtype (auto from torch)."""
+    return resolve_dtype("bfloat16" if spec["model"].get("quantization") else spec["model"]["dtype"])
+
+
+def load_for_eval(run_dir: str | Path):
+    """Base model + the run's adapter + its validation split and collator, from the run folder alone,
+    to recompute a stored number (python -m eval.loss <run dir>)."""
+    from peft import PeftModel
+
+    from core.data import collator_for, load_tokenized
+
+    run_dir = Path(run_dir)
+    spec = json.loads((run_dir / "spec.json").read_text())
+    model_spec = spec["model"]
+    tokenizer = load_tokenizer(model_spec["path"], model_spec["revision"], model_spec["trust_remote_code"])
+    _, val_set = load_tokenized(spec["data"], tokenizer, model_spec["path"], spec["cache_dir"])
+    model = PeftModel.from_pretrained(load_base(model_spec, run_dtype(spec)), str(run_dir / "adapter"))
+    return model.to(resolve_device()), val_set, collator_for(tokenizer, spec["data"]), spec

@@ -1,0 +1,166 @@
+"""NOMAD's text, read in one place: parameter files, point files, cache and history files.
+
+    experiments/<name>/param.txt          parameter lines (KEYWORD value ...), `#` comments
+    experiments/<name>/nomad/cache.txt    ( x1 x2 ) STATUS ( out1 out2 ) ...   one line per point
+    experiments/<name>/nomad/history.txt  x1 x2 out1 out2                      one line per evaluation
+    a point file (NOMAD -> blackbox)      x1 x2 ...  (or ( x1 x2 ... ))       one line per point
+
+bbo/paramfile.py writes parameter files; NOMAD writes the rest. Readers of any of them
+(resume, --retry-failed, the results tables, the blackbox, the benchmarks) use this module.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from core.config import ConfigError
+
+NOMAD_DIR = "nomad"  # NOMAD's files of an experiment: committed empty (KEEP_FILE), as NOMAD makes no folders
+CACHE_FILE = f"{NOMAD_DIR}/cache.txt"
+HISTORY_FILE = f"{NOMAD_DIR}/history.txt"
+SOLUTION_FILE = f"{NOMAD_DIR}/solution.txt"
+KEEP_FILE = ".gitkeep"
+
+# Standard NOMAD 4.5 keywords a parameter file of ours may hold (extra_lines included).
+KNOWN_KEYWORDS = {
+    "DIMENSION", "BB_INPUT_TYPE", "BB_OUTPUT_TYPE", "X0", "LOWER_BOUND", "UPPER_BOUND", "MAX_BB_EVAL", "SEED",
+    "BB_EXE", "BB_MAX_BLOCK_SIZE", "CACHE_FILE", "HISTORY_FILE", "SOLUTION_FILE", "ADD_SEED_TO_FILE_NAMES",
+    "DISPLAY_DEGREE", "DISPLAY_STATS", "DISPLAY_ALL_EVAL", "DISPLAY_INFEASIBLE", "DISPLAY_UNSUCCESSFUL",
+    "STATS_FILE", "LH_SEARCH", "VNS_MADS_SEARCH", "VNS_MADS_SEARCH_TRIGGER", "NM_SEARCH", "QUAD_MODEL_SEARCH",
+    "SGTELIB_MODEL_SEARCH", "SPECULATIVE_SEARCH", "DIRECTION_TYPE", "GRANULARITY", "MIN_MESH_SIZE",
+    "MIN_FRAME_SIZE", "INITIAL_MESH_SIZE", "INITIAL_FRAME_SIZE", "MAX_TIME", "MAX_ITERATIONS", "F_TARGET",
+    "NB_THREADS_PARALLEL_EVAL", "EVAL_OPPORTUNISTIC", "EVAL_QUEUE_SORT", "FIXED_VARIABLE", "H_MAX_0",
+    "MAX_EVAL", "STOP_IF_FEASIBLE", "ANISOTROPIC_MESH", "ORTHO_MESH_REFINE_FREQ", "RHO", "EVAL_USE_CACHE",
+    "CACHE_SIZE_MAX", "BB_EVAL_FORMAT", "SURROGATE_EXE", "DIRECTION_TYPE_SECONDARY_POLL", "NB_THREADS_OPENMP",
+    "MEGA_SEARCH_POLL", "QUAD_MODEL_MAX_EVAL", "NM_SEARCH_MAX_TRIAL_PTS_NFACTOR", "SEED_FOR_SIMPLE_RNG",
+    "PROBLEM_DIR",
+}
+REMOVED_KEYWORDS = {"NB_THREADS_OPENMP": "it no longer exists in NOMAD 4.5 (use BB_MAX_BLOCK_SIZE via launch.parallel)"}
+INTEGER_KEYWORDS = ("MAX_BB_EVAL", "DIMENSION", "SEED", "BB_MAX_BLOCK_SIZE")
+
+EVALUATED = ("BB_EVAL_OK", "BB_EVAL_FAILED", "BB_EVAL_ERROR")  # cache statuses of an evaluated point
+FAILED = ("BB_EVAL_FAILED", "BB_EVAL_ERROR")
+
+
+# ---------------------------------------------------------------- parameter files
+
+class ParamLine(NamedTuple):
+    number: int  # 1-based line number in the file
+    keyword: str  # upper case
+    value: str  # the rest of the line, comment removed
+    text: str  # the whole line as written, comment removed
+
+
+def param_lines(text: str) -> list[ParamLine]:
+    """Every line that is not blank or a comment."""
+    out = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            keyword, _, value = line.replace("\t", " ").partition(" ")
+            out.append(ParamLine(number, keyword.upper(), value.strip(), line))
+    return out
+
+
+def parse_params(text: str, where: str = "param.txt", strict: bool = True) -> dict[str, list[str]]:
+    """Keyword -> the value text of each line that sets it.
+
+    strict (files this project runs): an unknown or removed keyword, or a non-integer MAX_BB_EVAL,
+    DIMENSION, SEED or BB_MAX_BLOCK_SIZE, is a one-line ConfigError. Not strict: any keyword
+    (files of other systems, read for tables).
+    """
+    entries = {}
+    for number, keyword, value, _ in param_lines(text):
+        if strict:
+            if keyword in REMOVED_KEYWORDS:
+                raise ConfigError(f"{where}:{number}: {keyword}: {REMOVED_KEYWORDS[keyword]}")
+            if keyword not in KNOWN_KEYWORDS:
+                raise ConfigError(f"{where}:{number}: unknown NOMAD keyword {keyword}")
+            if keyword in INTEGER_KEYWORDS and not value.lstrip("-").isdigit():
+                kind = "a positive integer" if keyword == "MAX_BB_EVAL" else "an integer"
+                raise ConfigError(f"{where}: {keyword} must be {kind}, got {value!r}")
+            if keyword == "MAX_BB_EVAL" and int(value) <= 0:
+                raise ConfigError(f"{where}: MAX_BB_EVAL must be a positive integer, got {value!r}")
+        entries.setdefault(keyword, []).append(value)
+    return entries
+
+
+def tokens(value: str) -> list[str]:
+    """The items of a value: `( 1 8 1 )` and `1 8 1` both give ["1", "8", "1"]."""
+    return value.replace("(", " ").replace(")", " ").split()
+
+
+def number(text: str):
+    """A NOMAD number: int when written as one ("3"), float otherwise ("3.0", "1e-4"); None if not a number."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+# ---------------------------------------------------------------- point files
+
+def point_lines(text: str) -> list[list[str]]:
+    """The points of a point file, one token list per non-empty line (validation is the space's)."""
+    return [t for t in (tokens(line) for line in text.splitlines()) if t]
+
+
+# ---------------------------------------------------------------- cache and history
+
+def _cache_line(line: str) -> tuple[list[str], str, list[str]] | None:
+    """( x1 x2 ) STATUS ( out1 out2 ) SURROGATE_STATUS ( ... ) -> (x, STATUS, outputs); None for other lines."""
+    if not line.startswith("("):
+        return None
+    x_text, _, rest = line[1:].partition(")")
+    status, _, rest = rest.strip().partition(" ")
+    out_text = rest.strip()[1:].partition(")")[0] if rest.strip().startswith("(") else ""
+    return x_text.split(), status, out_text.split()
+
+
+def read_cache(path: str | Path) -> list[dict]:
+    """Points NOMAD evaluated, from CACHE_FILE: [{"x": [...], "status": "BB_EVAL_OK", "outputs": [...]}]."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        parsed = _cache_line(line)
+        if parsed and parsed[1] in EVALUATED:
+            x, status, outputs = parsed
+            rows.append({"x": [number(v) for v in x], "status": status, "outputs": [number(v) for v in outputs]})
+    return rows
+
+
+def read_history(path: str | Path, dimension: int) -> list[dict]:
+    """HISTORY_FILE: one line per evaluation in order, the point's coordinates then the outputs.
+
+    A failed evaluation's outputs are what the blackbox printed (e.g. FAILED): kept as None.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        items = line.split()
+        if len(items) < dimension:
+            continue
+        rows.append({"x": [number(v) for v in items[:dimension]], "outputs": [number(v) for v in items[dimension:]]})
+    return rows
+
+
+def drop_failed(path: str | Path) -> int:
+    """Remove the failed points from CACHE_FILE, so that NOMAD asks them again (`bbo run --retry-failed`).
+
+    Returns how many were removed. The file is rewritten atomically; other lines are kept as they are.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not ((parsed := _cache_line(line)) and parsed[1] in FAILED)]
+    if len(kept) != len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+    return len(lines) - len(kept)
