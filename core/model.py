@@ -70,7 +70,23 @@ def load_model(path: str, *, dtype, revision: str | None = None, attn_implementa
     # No KV cache: with one, transformers skips its packed-sequence detection and packed examples
     # would attend to each other (measured: a different loss than the same examples padded).
     model.config.use_cache = False
+    if quantization and (device or "cpu") == "cpu":
+        _no_packed_cpu_kernel_for_odd_layers(model)
     return model
+
+
+CPU_PACK_BLOCK = 64  # bitsandbytes' packed 4-bit CPU kernel: both widths of a layer multiples of this
+
+
+def _no_packed_cpu_kernel_for_odd_layers(model) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit layer's weights for inference
+    (eval mode, no grad) in blocks of 32 outputs and 64 inputs: a layer of another width (the tiny
+    test model's 172) crashes the validation pass. Such layers keep the plain 4-bit kernel.
+    LLaMA's widths (4096, 11008, 13824) are multiples of 64 and keep the fast one."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False) and (
+                module.in_features % CPU_PACK_BLOCK or module.out_features % CPU_PACK_BLOCK):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_base(model_spec: dict, dtype, gradient_checkpointing: bool = False):
