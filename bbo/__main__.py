@@ -2,6 +2,7 @@
 
     python -m bbo run experiments/demo [key=value ...] [--retry-failed]   # NOMAD search (PyNomad in a child)
     python -m bbo plan experiments/demo [--gpus 4xA100-80GB]             # checks, memory and time, before any GPU time
+    python -m bbo confirm experiments/demo --top 3 --seeds 2  # the best points again with other seeds
     python -m bbo check experiments/demo                 # validate experiment.yaml and param.txt
     python -m bbo paramfile experiments/demo             # (re)write param.txt and bb.sh from experiment.yaml
     python -m bbo results experiments/demo [--csv F] [--parquet F]
@@ -108,7 +109,38 @@ def cmd_run(args) -> int:
     from bbo.summary import summary_text
 
     print(summary_text(load_runs(config.dir, args.overrides), config))
-    return _no_success_error(config, search)
+    rc = _no_success_error(config, search)
+    if rc == 0 and config.confirm.top:  # the finalists again with other seeds: is the winner real?
+        rc = _confirm(config, args.overrides, config.confirm.top, config.confirm.seeds, env)
+    return rc
+
+
+def _confirm(config, overrides, top: int, seeds: int, env: dict) -> int:
+    from bbo.confirm import run_confirm, summary_text
+    from bbo.results import load_runs
+
+    try:
+        rc = run_confirm(config, overrides, top, seeds, env)
+    except KeyboardInterrupt:
+        print("interrupted: finished confirmation runs are kept; run the same command to continue", file=sys.stderr)
+        return 130
+    print(summary_text(load_runs(config.dir, overrides)))
+    if rc == 1:
+        print("error: every confirmation run of a seed failed: see `python -m bbo results`", file=sys.stderr)
+    elif rc:
+        print("error: the confirmation runs could not start (see the error above)", file=sys.stderr)
+    return rc
+
+
+def cmd_confirm(args) -> int:
+    """Train the best points again with other seeds, after a search (or again: answered from disk)."""
+    config = load_config(args.experiment, args.overrides)
+    top = args.top if args.top is not None else config.confirm.top or 3
+    seeds = args.seeds if args.seeds is not None else config.confirm.seeds
+    if top < 1 or seeds < 1:
+        raise ConfigError("confirm: --top and --seeds must be >= 1")
+    env = dict(os.environ, BBO_DRIVER_PID=str(os.getpid()))
+    return _confirm(config, args.overrides, top, seeds, env)
 
 
 def _stop_when_failing(proc, experiment_dir, search: str) -> list[dict]:
@@ -261,6 +293,12 @@ def main(argv=None) -> int:
                                                     "tokenizer is on the hub")
     s.add_argument("--quantization", choices=["4bit"], help="plan for a 4-bit (QLoRA) base instead of the config's")
     s.set_defaults(fn=cmd_plan)
+    s = sub.add_parser("confirm", help="train the best points again with other seeds (is the winner real?)")
+    s.add_argument("experiment")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.add_argument("--top", type=int, help="how many of the best points (default: confirm.top, else 3)")
+    s.add_argument("--seeds", type=int, help="other seeds per point (default: confirm.seeds)")
+    s.set_defaults(fn=cmd_confirm)
     s = sub.add_parser("results", help="print the table of runs")
     s.add_argument("experiment")
     s.add_argument("--csv")

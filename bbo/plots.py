@@ -5,6 +5,7 @@
 best_so_far.png            best objective so far against evaluation number, one line per experiment
 objective_vs_<hp>.png      objective against each searched hyperparameter (and alpha/rank)
 parallel_coordinates.png   every evaluated point as a line over normalised axes, coloured by objective
+confirm_seeds.png          the confirmed finalists' objective per seed, best mean first (after `bbo confirm`)
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import ScalarFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from bbo.results import load_runs  # noqa: E402
+from bbo.results import load_confirm_runs, load_runs  # noqa: E402
 from core.config import objective_label  # noqa: E402
 from core.store import State  # noqa: E402
 
@@ -45,7 +46,36 @@ def plot_experiments(dirs, out_dir=None) -> list[Path]:
     for hp in searched_hyperparameters(frames):
         paths.append(objective_vs(frames, hp, out / f"objective_vs_{hp}.png"))
     paths.append(parallel_coordinates(frames, out / "parallel_coordinates.png"))
+    if len(dirs) == 1:
+        seeds = load_confirm_runs(dirs[0])
+        if len(seeds):
+            paths.append(confirm_seeds(seeds, out / "confirm_seeds.png"))
     return paths
+
+
+def confirm_seeds(runs: pd.DataFrame, path: Path) -> Path:
+    """One column per confirmed point (best mean first): its objective with each seed, and the mean."""
+    ok = runs[runs["status"].eq(State.OK) & runs["objective"].notna()]
+    means = ok.groupby("confirms")["objective"].mean().sort_values()
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.4 * len(means) + 2), 4.5))
+    for i, rid in enumerate(means.index):
+        rows = ok[ok["confirms"] == rid]
+        ax.scatter(np.full(len(rows), i), rows["objective"], color="C0", alpha=0.8, zorder=2)
+        for _, row in rows.iterrows():
+            ax.annotate(f"s{row['seed']}", (i, row["objective"]), xytext=(6, 0), textcoords="offset points",
+                        fontsize=7, va="center")
+        ax.scatter([i], [means[rid]], marker="_", s=900, color="C3", zorder=3, label="mean" if i == 0 else None)
+    first = ok.drop_duplicates("confirms").set_index("confirms")
+    ax.set_xticks(range(len(means)), [f"r={first.loc[r, 'rank']} a={first.loc[r, 'alpha']}\n"
+                                      f"d={first.loc[r, 'dropout']:g} lr={first.loc[r, 'lr']:.2g}" for r in means.index],
+                  fontsize=8)
+    ax.set_xlim(-0.6, len(means) - 0.4)
+    ax.set_ylabel(_ylabel([("", ok)]))
+    ax.set_title("Finalists: objective per training seed (bar: mean)")
+    ax.grid(alpha=0.3, axis="y")
+    if len(means):
+        ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 def searched_hyperparameters(frames) -> list[str]:

@@ -2,8 +2,8 @@
 
     python -m bbo report experiments/demo     # -> experiments/demo/report/report.md + PNG figures
 
-Sections: best point, X0 versus best (before / after), top-5 table, budget spent,
-spread of the objective, figures. Tables are written here (no `tabulate` needed).
+Sections: best point, X0 versus best (before / after), top-5 table, the finalists re-trained with
+other seeds (after `bbo confirm`), budget spent, spread of the objective, figures. Tables are written here (no `tabulate` needed).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bbo.confirm import finalist_stats, margin_sentence
 from bbo.plots import plot_experiments
 from bbo.results import load_runs
 from bbo.summary import best, describe_point, missing, ranked, x0_row
@@ -21,7 +22,8 @@ from core.store import FINISHED, State
 COMPARED = ["objective", "val_loss", "mmlu", "train_loss", "train_seconds", "wall_seconds"]
 TOP_COLUMNS = ["order", "rank", "alpha", "alpha_over_rank", "dropout", "lr", "objective", "val_loss", "mmlu",
                "train_loss", "wall_seconds", "cached_hits", "run_id"]
-FIGURE_TITLES = {"best_so_far": "Best objective so far", "parallel_coordinates": "Parallel coordinates"}
+FIGURE_TITLES = {"best_so_far": "Best objective so far", "parallel_coordinates": "Parallel coordinates",
+                 "confirm_seeds": "Finalists: objective per seed"}
 
 
 def write_report(experiment_dir, top: int = 5) -> Path:
@@ -42,6 +44,7 @@ def write_report(experiment_dir, top: int = 5) -> Path:
     lines += _best_section(df, label)
     lines += _x0_section(df, config, label)
     lines += _top_section(df, top, label)
+    lines += _confirm_section(df, config, label)
     lines += _budget_section(df, config)
     lines += _spread_section(df, label)
     lines += ["## Figures", ""]
@@ -110,6 +113,26 @@ def _top_section(df, top, label) -> list[str]:
         table["wall_seconds"] = table["wall_seconds"] / 60
     table = table.rename(columns={"objective": label, "wall_seconds": "wall_min", "alpha_over_rank": "alpha/rank"})
     return lines + markdown_table(table.map(_fmt)) + [""]
+
+
+def _confirm_section(df, config, label) -> list[str]:
+    """The finalists trained again with other seeds, ranked by mean, with the one-sentence verdict."""
+    stats = finalist_stats(df)
+    if stats.empty:
+        return []
+    lines = ["## Is the winner real? Finalists re-trained with other seeds", "",
+             f"Each finalist trained again with other seeds (`python -m bbo confirm`; train.seed "
+             f"{config.train.seed} was the search's). Ranked by the mean {label} over its seeds, with a 95% "
+             "t interval of the mean.", ""]
+    rows = []
+    for i, row in stats.iterrows():
+        interval = f"± {row['seeds_half_width']:.3g}" if pd.notna(row["seeds_half_width"]) else ""
+        rows.append([i + 1, row["rank"], row["alpha"], f"{row['dropout']:g}", f"{row['lr']:.3g}",
+                     f"{row['seeds_mean']:.4f} {interval}".strip(), _fmt(row["seeds_std"]), row["seeds_n"],
+                     f"{row['objective']:.4f}", row["run_id"]])
+    lines += markdown_table(pd.DataFrame(rows, columns=["", "rank", "alpha", "dropout", "lr", "mean", "std",
+                                                        "seeds", "search's seed", "run_id"]))
+    return lines + ["", margin_sentence(stats), ""]
 
 
 def _budget_section(df, config) -> list[str]:

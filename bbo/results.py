@@ -33,10 +33,12 @@ TAIL_METRICS = ["train_loss", "train_seconds", "eval_seconds", "wall_seconds", "
 STATUS_COLUMNS = ["run_id", "order", "status", "reason", "error_kind", "cached", "n_answers", "cached_hits", "source"]
 TIME_COLUMNS = ["started", "finished"]
 RUN_EXTRAS = ["attempt", "device", "num_processes"]
+# Training seed, and for a point re-trained with other seeds (bbo confirm) its objective over all its ok seeds.
+SEED_COLUMNS = ["seed", "seeds_n", "seeds_mean", "seeds_std"]
 # Metrics that are not numbers per run, or are spread into their own columns.
 SKIP_METRICS = {"mmlu_subjects", "device", "dtype", "precision", "lm_eval_version"}
-INT_COLUMNS = {"order", "n_answers", "cached_hits", "rank", "alpha", "attempt", "num_processes"}
-STR_COLUMNS = {"run_id", "status", "reason", "error_kind", "source", "device", "experiment"}
+INT_COLUMNS = {"order", "n_answers", "cached_hits", "rank", "alpha", "attempt", "num_processes", "seed", "seeds_n"}
+STR_COLUMNS = {"run_id", "status", "reason", "error_kind", "source", "device", "experiment", "confirms"}
 
 
 # ---------------------------------------------------------------- run folders
@@ -44,34 +46,80 @@ STR_COLUMNS = {"run_id", "status", "reason", "error_kind", "source", "device", "
 def load_runs(experiment_dir: str | Path, overrides: list[str] = ()) -> pd.DataFrame:
     """One row per evaluated point of an experiment, in the order NOMAD (or a user) first asked for it.
 
+    A point re-trained with other seeds (`bbo confirm`) is still one row: seeds_n, seeds_mean and
+    seeds_std summarise its objective over all its ok seeds; the extra runs are load_confirm_runs'.
     overrides: the `key=value` pairs the search ran with, if they changed the space.
     """
     config = load_config(experiment_dir, overrides)
+    rows, extra = _rows(config)
+    df = _typed_frame(rows, _base_columns(config.space.names()), config)
+    unanswered = df["order"].isna()
+    if unanswered.any():  # runs never recorded (a crash before record): after the others, by start time
+        df = pd.concat([df[~unanswered], df[unanswered].sort_values("started", kind="stable")], ignore_index=True)
+    df = _with_seed_summary(df, extra)
+    df.attrs.update(frame_attrs(config))
+    return df
+
+
+def load_confirm_runs(experiment_dir: str | Path, overrides: list[str] = ()) -> pd.DataFrame:
+    """Every run of the points that were re-trained with other seeds: the search's own run and its
+    confirmations, one row per seed, with `confirms` = the search's run id (the same for all seeds)."""
+    config = load_config(experiment_dir, overrides)
+    rows, extra = _rows(config)
+    confirmed = {r["confirms"] for r in extra}
+    own = [dict(r, confirms=r["run_id"]) for r in rows if r["run_id"] in confirmed]
+    df = _typed_frame(own + extra, ["confirms"] + _base_columns(config.space.names()), config)
+    df = df.sort_values(["confirms", "seed"], kind="stable", ignore_index=True)
+    df.attrs.update(frame_attrs(config))
+    return df
+
+
+def _rows(config: ExperimentConfig) -> tuple[list[dict], list[dict]]:
+    """(rows of the search's own runs, rows of confirmation runs), from the run folders and the index."""
     store = RunStore(config.dir)
     names = config.space.names()
-
-    # First answer per run id gives the order; later answers only count as hits.
+    # First answer per run id gives the order; later answers only count as hits. Confirmation
+    # runs are answers too, but not points of the search: they take no order.
     answers: dict[str, dict] = {}
+    points = 0
     for entry in store.evaluations():
         rid = entry.get("run_id")
         if not rid:
             continue
         if rid not in answers:
-            answers[rid] = {"order": len(answers) + 1, "first": entry, "last": entry, "n": 0, "hits": 0}
+            points += not entry.get("confirms")
+            answers[rid] = {"order": None if entry.get("confirms") else points, "first": entry, "last": entry,
+                            "n": 0, "hits": 0}
         info = answers[rid]
         info["last"] = entry
         info["n"] += 1
         info["hits"] += bool(entry.get("cached"))
 
     rids = list(answers) + [r for r in store.run_ids() if r not in answers]
-    rows = [_run_row(config, store, rid, answers.get(rid), names) for rid in rids]
-    df = _typed_frame(rows, _base_columns(names), config)
-    unanswered = df["order"].isna()
-    if unanswered.any():  # runs never recorded (a crash before record): after the others, by start time
-        df = pd.concat([df[~unanswered], df[unanswered].sort_values("started", kind="stable")], ignore_index=True)
-    df.attrs.update(frame_attrs(config))
-    return df
+    rows, extra = [], []
+    for rid in rids:
+        row = _run_row(config, store, rid, answers.get(rid), names)
+        (extra if row.get("confirms") else rows).append(row)
+    return rows, extra
 
+
+def _with_seed_summary(df: pd.DataFrame, extra: list[dict]) -> pd.DataFrame:
+    """seeds_n / seeds_mean / seeds_std of each confirmed point: its own ok objective and its confirmations'."""
+    if not extra or df.empty:
+        return df
+    by_point: dict[str, list[float]] = {}
+    for row in extra:
+        if row["status"] == State.OK and row.get("objective") is not None:
+            by_point.setdefault(row["confirms"], []).append(row["objective"])
+    for i, rid in df["run_id"].items():
+        if rid not in by_point:
+            continue
+        values = list(by_point[rid])
+        if df.at[i, "status"] == State.OK and pd.notna(df.at[i, "objective"]):
+            values.insert(0, float(df.at[i, "objective"]))
+        series = pd.Series(values, dtype="float64")
+        df.loc[i, ["seeds_n", "seeds_mean", "seeds_std"]] = [len(values), series.mean(), series.std()]
+    return df
 
 def _run_row(config: ExperimentConfig, store: RunStore, rid: str, info: dict | None, names: list[str]) -> dict:
     run_dir = store.run_dir(rid)
@@ -108,6 +156,9 @@ def _run_row(config: ExperimentConfig, store: RunStore, rid: str, info: dict | N
     for name, x in zip(names, point or [None] * len(names)):
         row[f"x_{name}"] = x
     row.update(hp_columns(hp))
+    row["seed"] = params.get("seed", ((params.get("fixed") or {}).get("train") or {}).get("seed"))
+    if params.get("confirms") or first.get("confirms"):
+        row["confirms"] = params.get("confirms") or first.get("confirms")
     if "objective" not in metrics and state == State.OK and isinstance(first.get("objective"), (int, float)):
         metrics = dict(metrics, objective=first["objective"])  # run folder lost its metrics: the answer has it
     row.update(_metric_columns(metrics))
@@ -138,7 +189,7 @@ def _metric_columns(metrics: dict) -> dict:
 
 def _base_columns(names: list[str]) -> list[str]:
     return (STATUS_COLUMNS + [f"x_{n}" for n in names] + HP + METRIC_COLUMNS + TAIL_METRICS
-            + TIME_COLUMNS + RUN_EXTRAS)
+            + TIME_COLUMNS + RUN_EXTRAS + SEED_COLUMNS)
 
 
 def _typed_frame(rows: list[dict], base: list[str], config: ExperimentConfig | None) -> pd.DataFrame:

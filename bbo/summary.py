@@ -57,9 +57,10 @@ def x0_row(df: pd.DataFrame, x0: list | None = None) -> pd.Series | None:
 
 
 TABLE_COLUMNS = ["experiment", "order", "status", "rank", "alpha", "alpha_over_rank", "dropout", "lr",
-                 "objective", "val_loss", "mmlu", "train_loss", "wall_seconds", "cached", "cached_hits",
-                 "run_id", "reason"]
-OPTIONAL_COLUMNS = {"val_loss", "mmlu", "train_loss", "wall_seconds", "cached", "cached_hits", "run_id", "reason"}
+                 "objective", "seeds_mean", "seeds_std", "seeds_n", "val_loss", "mmlu", "train_loss", "wall_seconds",
+                 "cached", "cached_hits", "run_id", "reason"]
+OPTIONAL_COLUMNS = {"val_loss", "mmlu", "train_loss", "wall_seconds", "cached", "cached_hits", "run_id", "reason",
+                    "seeds_mean", "seeds_std", "seeds_n"}
 
 
 def _coordinate_columns(df: pd.DataFrame) -> list[str]:
@@ -95,7 +96,7 @@ def table_text(df: pd.DataFrame, top: int | None = None) -> str:
     if "wall_seconds" in out:
         out["wall_seconds"] = out["wall_seconds"] / 60
         out = out.rename(columns={"wall_seconds": "wall_min"})
-    formats = {"objective": "{:.4f}", "val_loss": "{:.4f}", "mmlu": "{:.4f}", "train_loss": "{:.4f}",
+    formats = {"objective": "{:.4f}", "seeds_mean": "{:.4f}", "seeds_std": "{:.2g}", "val_loss": "{:.4f}", "mmlu": "{:.4f}", "train_loss": "{:.4f}",
                "alpha_over_rank": "{:g}", "dropout": "{:g}", "lr": "{:.3g}", "wall_min": "{:.1f}"}
     formats.update({c: "{:.4g}" for c in out.columns if c.startswith("extra_")})
     for col, fmt in formats.items():

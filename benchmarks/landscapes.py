@@ -90,6 +90,27 @@ class Landscape:
     def __call__(self, hp: dict) -> float:
         raise NotImplementedError
 
+    def truth(self, hp: dict) -> float:
+        """What the point is really worth (without evaluation noise): what a user's choice is judged by."""
+        return self(hp)
+
+
+class Noisy(Landscape):
+    """A landscape evaluated with relative noise `rel` (a training seed's spread, e.g. 0.0045 measured on the
+    demo), one realisation per `world`: the same point in the same world gets the same value, as a stored run
+    does; another world is another choice of train.seed for the whole search."""
+
+    def __init__(self, inner: Landscape, rel: float, world: int):
+        self.inner, self.rel, self.world = inner, rel, world
+        self.name, self.space, self.optimum = inner.name, inner.space, inner.optimum
+        self.description = f"{inner.description}, noise {rel:.2%}"
+
+    def __call__(self, hp: dict) -> float:
+        return self.truth(hp) * (1 + self.rel * _gauss(f"{self.name}/world{self.world}", hp))
+
+    def truth(self, hp: dict) -> float:
+        return self.inner.truth(hp)
+
 
 class Analytic(Landscape):
     def __init__(self, name: str, space: dict, model: Model, description: str):
@@ -101,6 +122,9 @@ class Analytic(Landscape):
 
     def noise_free(self, hp: dict) -> float:
         return self.model.value(hp, None)
+
+    def truth(self, hp: dict) -> float:
+        return self.noise_free(hp)
 
     def _optimum(self):
         """The noise-free minimum: every discrete combination; a searched lr at its best value for that

@@ -6,6 +6,9 @@
     # by hand, in hyperparameter units (unset ones take the space's fixed value or x0)
     python -m blackbox --experiment experiments/demo --rank 8 --alpha 16 --dropout 0.05 --lr 3e-4
 
+    # the same point trained again with another seed (what `bbo confirm` runs): its own run folder
+    python -m blackbox --experiment experiments/demo --rank 8 --alpha 16 --confirm-seed 43
+
 stdout gets one line per point, the outputs in BB_OUTPUT_TYPE order (objective
 first), or FAILED for a point whose evaluation failed. Exit status: 0 if at least
 one point was evaluated, 1 if every point failed, 2 for bad input (nothing is run).
@@ -23,7 +26,7 @@ from core.nomadtext import point_lines
 from core.preflight import check_inputs
 from core.procs import on_death_of
 from core.space import PointError
-from core.store import RunStore, State
+from core.store import RunStore, State, run_id
 
 
 def read_points(path: str, space) -> list[tuple[dict, list]]:
@@ -61,6 +64,9 @@ def parse_args(argv):
     p.add_argument("--lr", type=float)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set train.epochs=1 (changes the run id)")
+    p.add_argument("--confirm-seed", type=int, metavar="N",
+                   help="train with train.seed=N as a confirmation of the point's own run (bbo confirm): "
+                        "a run folder of its own, -sN in its id; NOMAD never sees it")
     p.add_argument("--retry-failed", action="store_true",
                    help="train again points whose stored run failed (also set by `bbo run --retry-failed`)")
     p.add_argument("--verbose", "-v", action="store_true", help="print the metrics of each point on stderr")
@@ -78,6 +84,13 @@ def main(argv=None) -> int:
             raise PointError("give a point file or --rank/--alpha/--dropout/--lr, not both")
         points = read_points(args.pointfile, config.space) if args.pointfile else [hand_point(args, config.space)]
         check_inputs(config)  # cheap; hub and GPU checks run only if a point must be trained
+        confirms = None
+        if args.confirm_seed is not None:
+            if args.confirm_seed == config.train.seed:
+                raise PointError(f"--confirm-seed {args.confirm_seed} is train.seed itself: the point's own run")
+            searched = config.fingerprint()
+            confirms = [run_id(hp, searched) for hp, _ in points]
+            config = load_config(args.experiment, env_overrides() + args.set + [f"train.seed={args.confirm_seed}"])
     except (ConfigError, PointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -98,8 +111,8 @@ def main(argv=None) -> int:
         on_death_of(os.getppid(), orphaned)
     retry_failed = args.retry_failed or os.environ.get("BBO_RETRY_FAILED") == "1"
     try:
-        outcomes = evaluate_block(config, points, source="nomad" if args.pointfile else "hand",
-                                  retry_failed=retry_failed)
+        source = "confirm" if confirms else "nomad" if args.pointfile else "hand"
+        outcomes = evaluate_block(config, points, source=source, retry_failed=retry_failed, confirms=confirms)
     except ConfigError as e:  # a check before training (hub access, GPUs): nothing was trained
         print(f"error: {e}", file=sys.stderr)
         return 2

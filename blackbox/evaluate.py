@@ -62,11 +62,15 @@ class Outcome:
 # ---------------------------------------------------------------- one point
 
 def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, source: str = "nomad",
-             retry_failed: bool = False, gpus: list[str] | None = None) -> Outcome:
-    """The answer for one point: stored if this run id finished before, else trained now."""
+             retry_failed: bool = False, gpus: list[str] | None = None, confirms: str | None = None) -> Outcome:
+    """The answer for one point: stored if this run id finished before, else trained now.
+
+    confirms: the run id this evaluation re-trains with config's other train.seed (`bbo confirm`):
+    its own run folder, -s<seed> in its id, marked in params.json and evaluations.jsonl.
+    """
     store = RunStore(config.dir)
     fingerprint = config.fingerprint()
-    rid = run_id(hp, fingerprint)
+    rid = _run_id(config, hp, fingerprint, confirms)
     search = search_id()
     with store.lock(rid):  # a second process asking for the same point waits here, then reuses
         done = store.finished(rid)
@@ -75,11 +79,14 @@ def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, s
         elif stopped := _stopped(config, rid, hp, search):  # train nothing more, record nothing
             return stopped
         else:
-            outcome = _run(config, store, rid, hp, point, fingerprint, gpus)
-    n = store.record({"run_id": rid, "point": point, "hp": hp, "state": str(outcome.state),
-                      "objective": outcome.metrics.get("objective"), "cached": outcome.cached,
-                      "source": source, "reason": outcome.reason, "error_kind": outcome.error_kind,
-                      "search": search, "time": time.time()})
+            outcome = _run(config, store, rid, hp, point, fingerprint, gpus, confirms)
+    entry = {"run_id": rid, "point": point, "hp": hp, "state": str(outcome.state),
+             "objective": outcome.metrics.get("objective"), "cached": outcome.cached,
+             "source": source, "reason": outcome.reason, "error_kind": outcome.error_kind,
+             "search": search, "time": time.time()}
+    if confirms:
+        entry.update(confirms=confirms, seed=config.train.seed)
+    n = store.record(entry)
     _progress(store, n, outcome)
     if outcome.state == State.FAILED and not outcome.cached:
         _stop_if_failing(config, store, search)
@@ -87,21 +94,23 @@ def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, s
 
 
 def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | None]], *, source: str = "nomad",
-                   retry_failed: bool = False) -> list[Outcome]:
+                   retry_failed: bool = False, confirms: list[str] | None = None) -> list[Outcome]:
     """Several points at once, each on its own GPUs (launch.parallel slots of launch.num_processes GPUs).
 
     The checks before training (hub access, GPUs; core/preflight.py) run only when some point
     must be trained: an already-evaluated point is answered without importing torch.
+    confirms: per point, the run id it re-trains with another seed (see evaluate), or None.
     """
     store = RunStore(config.dir)
     fingerprint = config.fingerprint()
     search = search_id()
-    stopped = [_stopped(config, run_id(hp, fingerprint), hp, search) for hp, _ in points]
+    confirms = confirms or [None] * len(points)
+    rids = [_run_id(config, hp, fingerprint, of) for (hp, _), of in zip(points, confirms)]
+    stopped = [_stopped(config, rid, hp, search) for rid, (hp, _) in zip(rids, points)]
     if all(stopped):  # a stopped search's NOMAD is being ended (or, under a plain `nomad`, goes on):
         return stopped  # answer at once, without the checks
-    to_train = [hp for hp, _ in points
-                if not ((done := store.finished(run_id(hp, fingerprint)))
-                        and (done["state"] == State.OK or not retry_failed))]
+    to_train = [rid for rid in rids
+                if not ((done := store.finished(rid)) and (done["state"] == State.OK or not retry_failed))]
     slots = [None]
     if to_train:
         slots, warnings = check_before_training(config)
@@ -115,7 +124,8 @@ def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | Non
     def work(i):
         slot = free.get()
         try:
-            return evaluate(config, points[i][0], points[i][1], source=source, retry_failed=retry_failed, gpus=slot)
+            return evaluate(config, points[i][0], points[i][1], source=source, retry_failed=retry_failed, gpus=slot,
+                            confirms=confirms[i])
         finally:
             free.put(slot)
 
@@ -123,6 +133,10 @@ def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | Non
         return [work(i) for i in range(len(points))]
     with ThreadPoolExecutor(max_workers=width) as pool:  # points beyond the slots wait for a free one
         return list(pool.map(work, range(len(points))))
+
+
+def _run_id(config: ExperimentConfig, hp: dict, fingerprint: dict, confirms: str | None) -> str:
+    return run_id(hp, fingerprint, seed=config.train.seed if confirms else None)
 
 
 # ---------------------------------------------------------------- stopping a failing search
@@ -192,9 +206,11 @@ def _outputs(config: ExperimentConfig, metrics: dict) -> list[float]:
     return values
 
 
-def _run(config, store, rid, hp, point, fingerprint, gpus) -> Outcome:
-    run_dir = store.begin(rid, {"run_id": rid, "hp": hp, "point": point, "experiment": config.name,
-                                "fixed": fingerprint})
+def _run(config, store, rid, hp, point, fingerprint, gpus, confirms=None) -> Outcome:
+    params = {"run_id": rid, "hp": hp, "point": point, "experiment": config.name, "fixed": fingerprint}
+    if confirms:
+        params.update(confirms=confirms, seed=config.train.seed)
+    run_dir = store.begin(rid, params)
     write_json(run_dir / "provenance.json", _provenance(config))
     write_json(run_dir / "spec.json", train_spec(config, rid, hp))
     timeout = config.launch.timeout_minutes
@@ -403,7 +419,7 @@ def _git(*args: str) -> str:
 def _progress(store: RunStore, n: int, outcome: Outcome) -> None:
     """One line per evaluation on stderr (stdout belongs to NOMAD): point, objective, best so far."""
     best = min((e["objective"] for e in store.evaluations() if e.get("state") == State.OK
-                and isinstance(e.get("objective"), (int, float))), default=None)
+                and not e.get("confirms") and isinstance(e.get("objective"), (int, float))), default=None)
     hp = outcome.hp
     what = f"r={hp['rank']} alpha={hp['alpha']:g} dropout={hp['dropout']:g} lr={hp['lr']:.3g}"
     if outcome.state == State.OK:

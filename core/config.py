@@ -250,6 +250,21 @@ class NomadConfig:
 
 
 @dataclass
+class ConfirmConfig:
+    top: int = 0  # after the search, train the `top` best points again with other seeds (0: off)
+    seeds: int = 2  # more seeds per finalist: train.seed + 1 ... train.seed + seeds
+
+    def check(self):
+        if self.top < 0:
+            raise ConfigError(f"confirm.top: must be >= 0 (0 = off), got {self.top}")
+        _positive("confirm.seeds", self.seeds)
+
+    def seed_list(self, base_seed: int) -> list[int]:
+        """The other seeds of each finalist, after the experiment's own train.seed."""
+        return [base_seed + i for i in range(1, self.seeds + 1)]
+
+
+@dataclass
 class ExperimentConfig:
     name: str
     model: ModelConfig
@@ -260,13 +275,15 @@ class ExperimentConfig:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     nomad: NomadConfig = field(default_factory=NomadConfig)
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     description: str = ""
     dir: Path = field(default=Path("."), metadata={"internal": True})  # the experiment folder
 
     def check(self):
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise ConfigError(f"name: use letters, digits, '-', '_' or '.', got {self.name!r}")
-        for part in (self.model, self.data, self.lora, self.train, self.launch, self.objective, self.nomad):
+        for part in (self.model, self.data, self.lora, self.train, self.launch, self.objective, self.nomad,
+                     self.confirm):
             part.check()
 
     def resolve(self, path: str | None) -> str | None:

@@ -47,11 +47,16 @@ class State(str, enum.Enum):
 FINISHED = (State.OK, State.FAILED)  # what finish() may record
 
 
-def run_id(hp: dict, fingerprint: dict) -> str:
-    """Readable prefix from validated numbers, then a hash of everything that matters."""
+def run_id(hp: dict, fingerprint: dict, seed: int | None = None) -> str:
+    """Readable prefix from validated numbers, then a hash of everything that matters.
+
+    seed: a confirmation run's training seed, shown as -s<seed> (the hash has it already, in
+    the fingerprint); None for the search's own runs.
+    """
     blob = json.dumps({"hp": hp, "fixed": fingerprint}, sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
-    return f"r{int(hp['rank'])}-a{hp['alpha']:g}-d{hp['dropout']:g}-lr{hp['lr']:.3g}-{digest}"
+    tag = f"-s{seed}" if seed is not None else ""
+    return f"r{int(hp['rank'])}-a{hp['alpha']:g}-d{hp['dropout']:g}-lr{hp['lr']:.3g}{tag}-{digest}"
 
 
 def write_json(path: Path, data) -> None:

@@ -35,13 +35,26 @@ def test_analytic_landscapes_and_fit_check():
 
 
 def test_search_efficiency_quick():
-    out = run_module("benchmarks.search_efficiency", "--quick")
+    out = run_module("benchmarks.search_efficiency", "--quick", "--noise", "0.0045")
     assert "fit check" in out and "Spearman" in out
     assert "### exp3-like" in out
     for row in ("| NOMAD default |", "| Optuna TPE |", "| random |", "| ratio NOMAD default / Optuna TPE |",
                 "| ratio NOMAD default / random |"):
         assert row in out
-    assert "median evals to 1%" in out
+    assert "median evals to 1%" in out and "final choice truly within 1%" in out
+    noisy = out.split("every evaluation with 0.45% relative noise", 1)
+    assert len(noisy) == 2 and "| Optuna TPE |" in noisy[1]  # the same tables again, with seed noise
+
+
+def test_noise_is_fixed_per_point_and_seed_and_judged_by_the_true_value():
+    from benchmarks.landscapes import Noisy, exp3_like
+
+    exp3 = exp3_like()
+    hp = {"rank": 8, "alpha": 64, "dropout": 0.0, "lr": 3.1622777e-4}
+    a, b = Noisy(exp3, 0.0045, 0), Noisy(exp3, 0.0045, 1)
+    assert a(hp) == a(dict(hp)) != b(hp)  # a stored run is not retrained; another seed is another draw
+    assert a.truth(hp) == b.truth(hp) == exp3.noise_free(hp)
+    assert abs(a(hp) / a.truth(hp) - 1) < 5 * 0.0045
 
 
 def test_make_landscape_quick(tmp_path):
