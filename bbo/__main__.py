@@ -51,7 +51,7 @@ def cmd_run(args) -> int:
     from bbo import paramfile
     from core.nomadtext import CACHE_FILE, NOMAD_DIR, drop_failed
     from core.preflight import GPU_SLOTS_ENV, check_before_training
-    from core.procs import die_with_parent
+    from core.procs import checkout_env, die_with_parent
 
     config = load_config(args.experiment, args.overrides)
     slots, warnings = check_before_training(config)  # nothing trains before these pass
@@ -70,9 +70,9 @@ def cmd_run(args) -> int:
               file=sys.stderr)
     search = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     # The overrides travel in the environment: NOMAD's child and every blackbox it starts read them.
-    env = dict(os.environ, BBO_OVERRIDES=json.dumps(list(args.overrides)), BBO_DRIVER_PID=str(os.getpid()),
-               BBO_SEARCH_ID=search, BBO_RETRY_FAILED="1" if args.retry_failed else "0",
-               **{GPU_SLOTS_ENV: json.dumps(slots)})  # checked above: the blackboxes need not import torch
+    env = checkout_env(BBO_OVERRIDES=json.dumps(list(args.overrides)), BBO_DRIVER_PID=str(os.getpid()),
+                       BBO_SEARCH_ID=search, BBO_RETRY_FAILED="1" if args.retry_failed else "0",
+                       **{GPU_SLOTS_ENV: json.dumps(slots)})  # checked above: the blackboxes need not import torch
     cmd = [sys.executable, "-m", "bbo.nomad", "--experiment", str(config.dir), "--resume"]
     where = ", ".join("+".join(s) if s else "CPU" for s in slots) if slots[0] is not None else "CPU"
     print(f"NOMAD search: {config.name}, budget {config.nomad.budget}, "
@@ -139,7 +139,9 @@ def cmd_confirm(args) -> int:
     seeds = args.seeds if args.seeds is not None else config.confirm.seeds
     if top < 1 or seeds < 1:
         raise ConfigError("confirm: --top and --seeds must be >= 1")
-    env = dict(os.environ, BBO_DRIVER_PID=str(os.getpid()))
+    from core.procs import checkout_env
+
+    env = checkout_env(BBO_DRIVER_PID=str(os.getpid()))
     return _confirm(config, args.overrides, top, seeds, env)
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from core.config import ExperimentConfig
 from core.failures import fix_for, read_stop, write_stop
 from core.preflight import check_before_training
+from core.procs import REPO_ROOT, checkout_env
 from core.store import RunStore, State, read_json, run_id, write_json
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO_ROOT / "blackbox" / "train.py"
 PACKAGES = ["torch", "transformers", "peft", "accelerate", "datasets", "lm_eval", "PyNomadBBO", "pandas"]
 
@@ -327,8 +327,7 @@ def _mmlu(config, run_dir: Path, gpus, deadline) -> dict:
 
 def _run_logged(cmd: list[str], log_path: Path, gpus, deadline) -> int:
     """Run a child in its own process group, log to a file, kill the whole group on timeout."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-               BBO_PARENT_PID=str(os.getpid()), TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = checkout_env(BBO_PARENT_PID=str(os.getpid()), TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
     with open(log_path, "ab") as log:

@@ -1,4 +1,4 @@
-"""Process lifetimes: no evaluation outlives the search that asked for it."""
+"""Child processes: this checkout's code in every child, and no evaluation outlives the search that asked for it."""
 from __future__ import annotations
 
 import ctypes
@@ -6,6 +6,17 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def checkout_env(base: dict | None = None, **extra: str) -> dict:
+    """The environment for a `python -m ...` child of this project: PYTHONPATH starts with this checkout,
+    so the child runs this code whatever its working folder and whatever an installed copy points to."""
+    env = dict(os.environ if base is None else base, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
 
 
 def alive(pid: int) -> bool:
