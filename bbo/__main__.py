@@ -93,8 +93,11 @@ def cmd_run(args) -> int:
         rc = proc.wait()
         print("interrupted: finished evaluations are kept; run the same command to continue", file=sys.stderr)
         return 130
-    if stopped:  # the blackbox wrote the stop file: its first trainings all failed the same way
-        print(f"error: search stopped: {stopped[0]['message']}\nfix: {stopped[0]['fix']}\n"
+    from core.failures import read_stop
+
+    stop = stopped[0] if stopped else read_stop(config.dir, search)  # NOMAD may finish before the watcher looks
+    if stop:  # the blackbox wrote the stop file: its first trainings all failed the same way
+        print(f"error: search stopped: {stop['message']}\nfix: {stop['fix']}\n"
               f"nothing more was trained; after the fix: python -m bbo run {args.experiment} --retry-failed",
               file=sys.stderr)
         return 1
