@@ -75,6 +75,8 @@ def cmd_run(args) -> int:
                        **{GPU_SLOTS_ENV: json.dumps(slots)})  # checked above: the blackboxes need not import torch
     cmd = [sys.executable, "-m", "bbo.nomad", "--experiment", str(config.dir), "--resume"]
     where = ", ".join("+".join(s) if s else "CPU" for s in slots) if slots[0] is not None else "CPU"
+    if config.launch.executor == "slurm":
+        where = f"Slurm (one job per evaluation, partition {config.slurm.partition or 'default'})"
     print(f"NOMAD search: {config.name}, budget {config.nomad.budget}, "
           f"{config.space.dimension} variables ({' '.join(config.space.names())}); "
           f"{config.launch.parallel} at a time on {where}; runs in {config.dir / 'runs'}", flush=True)

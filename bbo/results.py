@@ -16,7 +16,8 @@ Columns are flat (one value per cell) so CSV and Parquet hold the same table:
     x_<name> (NOMAD coordinates), rank, alpha, alpha_over_rank, dropout, lr,
     objective, val_loss, mmlu, mmlu_<subject>..., train_loss, train_seconds, eval_seconds,
     wall_seconds, tokens_per_second, started, finished (UTC), attempt, device, num_processes,
-    then any other number of metrics.json (steps, val_tokens, mmlu_stderr, ...), sorted.
+    slurm_job, slurm_node, slurm_state (launch.executor=slurm), seed, seeds_n, seeds_mean, seeds_std
+    (bbo confirm), then any other number of metrics.json (steps, val_tokens, mmlu_stderr, ...), sorted.
 """
 from __future__ import annotations
 
@@ -32,13 +33,14 @@ METRIC_COLUMNS = ["objective", "val_loss", "mmlu"]  # then mmlu_<subject>..., th
 TAIL_METRICS = ["train_loss", "train_seconds", "eval_seconds", "wall_seconds", "tokens_per_second"]
 STATUS_COLUMNS = ["run_id", "order", "status", "reason", "error_kind", "cached", "n_answers", "cached_hits", "source"]
 TIME_COLUMNS = ["started", "finished"]
-RUN_EXTRAS = ["attempt", "device", "num_processes"]
+RUN_EXTRAS = ["attempt", "device", "num_processes", "slurm_job", "slurm_node", "slurm_state"]
 # Training seed, and for a point re-trained with other seeds (bbo confirm) its objective over all its ok seeds.
 SEED_COLUMNS = ["seed", "seeds_n", "seeds_mean", "seeds_std"]
 # Metrics that are not numbers per run, or are spread into their own columns.
 SKIP_METRICS = {"mmlu_subjects", "device", "dtype", "precision", "lm_eval_version"}
 INT_COLUMNS = {"order", "n_answers", "cached_hits", "rank", "alpha", "attempt", "num_processes", "seed", "seeds_n"}
-STR_COLUMNS = {"run_id", "status", "reason", "error_kind", "source", "device", "experiment", "confirms"}
+STR_COLUMNS = {"run_id", "status", "reason", "error_kind", "source", "device", "experiment", "confirms",
+               "slurm_job", "slurm_node", "slurm_state"}
 
 
 # ---------------------------------------------------------------- run folders
@@ -127,6 +129,7 @@ def _run_row(config: ExperimentConfig, store: RunStore, rid: str, info: dict | N
     status = read_json(run_dir / "status.json") or {}
     metrics = read_json(run_dir / "metrics.json")
     metrics = metrics if isinstance(metrics, dict) else {}
+    slurm = read_json(run_dir / "slurm.json") or {}  # the Slurm job of a run of launch.executor=slurm
     first = info["first"] if info else {}
     last = info["last"] if info else {}
 
@@ -152,6 +155,7 @@ def _run_row(config: ExperimentConfig, store: RunStore, rid: str, info: dict | N
         "device": metrics.get("device"),
         "num_processes": metrics.get("world_size") or (params.get("fixed") or {}).get(
             "num_processes", config.launch.num_processes),
+        "slurm_job": slurm.get("job_id"), "slurm_node": slurm.get("node"), "slurm_state": slurm.get("state"),
     }
     for name, x in zip(names, point or [None] * len(names)):
         row[f"x_{name}"] = x

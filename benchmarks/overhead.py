@@ -84,7 +84,7 @@ def blackbox(experiment: Path) -> tuple[float, subprocess.CompletedProcess]:
 
 def process_start_seconds() -> float:
     """`accelerate launch` of a script that only imports what train.py imports: the start every evaluation pays."""
-    from blackbox.evaluate import free_port
+    from blackbox.work import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "imports_only.py"

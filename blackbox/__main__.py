@@ -75,7 +75,8 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from blackbox.evaluate import evaluate_block, kill_children
+    from blackbox.evaluate import evaluate_block
+    from blackbox.executors import stop_all
 
     try:
         config = load_config(args.experiment, env_overrides() + args.set)
@@ -96,13 +97,13 @@ def main(argv=None) -> int:
         return 2
 
     def stop(signum, frame):  # NOMAD or the user stopped us: take the training down too
-        kill_children()
+        stop_all()
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     def orphaned():
-        kill_children()
+        stop_all()
         os._exit(1)
 
     if os.environ.get("BBO_DRIVER_PID"):  # the search was killed (even by SIGKILL): stop training too

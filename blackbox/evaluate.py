@@ -1,8 +1,9 @@
-"""Evaluate points: reuse a finished run, or train (accelerate launch) and evaluate it.
+"""Evaluate points: reuse a finished run, or train and evaluate it (blackbox/work.py), where the
+executor says (blackbox/executors.py: GPU slots of this machine, or one Slurm job per point).
 
 Heavy libraries (torch, transformers) are never imported here: they live in the
 child processes (blackbox/train.py, eval/mmlu.py), so answering an already-evaluated
-point costs a Python start. Several points of a NOMAD block run at once, one per GPU slot.
+point costs a Python start. Several points of a NOMAD block run at once, one per slot.
 """
 from __future__ import annotations
 
@@ -10,36 +11,23 @@ import importlib.metadata
 import math
 import os
 import queue
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blackbox.executors import executor_for
+from blackbox.work import EvalFailure
 from core.config import ExperimentConfig
 from core.failures import fix_for, read_stop, write_stop
 from core.preflight import check_before_training
-from core.procs import REPO_ROOT, checkout_env
-from core.store import RunStore, State, read_json, run_id, write_json
+from core.procs import REPO_ROOT
+from core.store import RunStore, State, run_id, write_json
 
-TRAIN_SCRIPT = REPO_ROOT / "blackbox" / "train.py"
 PACKAGES = ["torch", "transformers", "peft", "accelerate", "datasets", "lm_eval", "PyNomadBBO", "pandas"]
-
-_children: set[subprocess.Popen] = set()  # live child process groups, killed on SIGTERM/SIGINT
-_children_lock = threading.Lock()
-
-
-class EvalFailure(Exception):
-    """A point whose evaluation failed; `kind` says how (oom, diverged, timeout, crash, error, metrics)."""
-
-    def __init__(self, kind: str, message: str, log_tail: str | None = None):
-        super().__init__(message)
-        self.kind, self.log_tail = kind, log_tail
-
 
 @dataclass
 class Outcome:
@@ -210,17 +198,14 @@ def _run(config, store, rid, hp, point, fingerprint, gpus, confirms=None) -> Out
     params = {"run_id": rid, "hp": hp, "point": point, "experiment": config.name, "fixed": fingerprint}
     if confirms:
         params.update(confirms=confirms, seed=config.train.seed)
+    executor = executor_for(config)
+    executor.release(store.run_dir(rid))  # a job a dead search left running is not trained twice
     run_dir = store.begin(rid, params)
     write_json(run_dir / "provenance.json", _provenance(config))
     write_json(run_dir / "spec.json", train_spec(config, rid, hp))
-    timeout = config.launch.timeout_minutes
-    deadline = time.time() + timeout * 60 if timeout else None
     t0 = time.time()
     try:
-        metrics = _train(config, run_dir, gpus, deadline)
-        if config.objective.needs_mmlu:
-            metrics.update(_mmlu(config, run_dir, gpus, deadline))
-            metrics["eval_seconds"] = metrics.get("eval_seconds", 0.0) + metrics.get("mmlu_seconds", 0.0)
+        metrics = executor.run(config, run_dir, gpus)
         metrics["objective"] = _objective(config, metrics)
         metrics["wall_seconds"] = time.time() - t0
         outputs = _outputs(config, metrics)
@@ -241,7 +226,7 @@ def _objective(config, metrics) -> float:
     return value
 
 
-# ---------------------------------------------------------------- child processes
+# ---------------------------------------------------------------- what a run folder records
 
 def train_spec(config: ExperimentConfig, rid: str, hp: dict) -> dict:
     """What train.py needs, with every path resolved: the run folder alone reproduces the run."""
@@ -251,143 +236,6 @@ def train_spec(config: ExperimentConfig, rid: str, hp: dict) -> dict:
         source["path"] = config.resolve(source["path"])
     return {"run_id": rid, "hp": hp, "model": cfg["model"], "data": cfg["data"], "lora": cfg["lora"],
             "train": cfg["train"], "objective": cfg["objective"], "cache_dir": str(config.dir / "cache")}
-
-
-def _accelerate(num_processes: int) -> list[str]:
-    """`accelerate launch` for num_processes processes on one machine, each on its own GPU (or CPU)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port())]
-    if num_processes > 1:
-        cmd.append("--multi_gpu")  # on CPU too: N real processes with gloo (`--cpu` would run only one)
-    return cmd
-
-
-def _launch_command(config: ExperimentConfig, run_dir: Path) -> list[str]:
-    return (_accelerate(config.launch.num_processes) + list(config.launch.accelerate_args)
-            + [str(TRAIN_SCRIPT), str(run_dir)])
-
-
-# Failure kinds, most telling first: when several processes fail, the first found here is reported
-# (an OOM on rank 2 makes the other ranks fail too, with less telling errors).
-KIND_PRIORITY = ["oom", "diverged", "load_model", "load_tokenizer", "load_data", "eval", "error"]
-OOM_TEXTS = ("CUDA out of memory", "OutOfMemoryError", "CUDA error: out of memory")
-
-
-def _train(config, run_dir: Path, gpus, deadline) -> dict:
-    rc = _run_logged(_launch_command(config, run_dir), run_dir / "train.log", gpus, deadline)
-    errors = [e for e in (read_json(p) for p in sorted(run_dir.glob("error*.json"))) if isinstance(e, dict)]
-    if rc != 0 or errors:
-        tail = _tail(run_dir / "train.log")
-        if errors:
-            errors.sort(key=lambda e: KIND_PRIORITY.index(e.get("kind")) if e.get("kind") in KIND_PRIORITY
-                        else len(KIND_PRIORITY))
-            error = errors[0]
-            where = f" (rank {error['rank']})" if error.get("rank") else ""
-            raise EvalFailure(error.get("kind", "error"), error.get("message", "training failed") + where, tail)
-        if any(text in _tail(run_dir / "train.log", 400) for text in OOM_TEXTS):  # e.g. OOM while loading
-            raise EvalFailure("oom", _describe_exit(rc, "training") + " after running out of GPU memory", tail)
-        raise EvalFailure("crash", _describe_exit(rc, "training"), tail)
-    result = read_json(run_dir / "train_result.json")
-    if not isinstance(result, dict):
-        raise EvalFailure("metrics", "training ended but train_result.json is missing or garbage",
-                          _tail(run_dir / "train.log"))
-    return result
-
-
-def _mmlu(config, run_dir: Path, gpus, deadline) -> dict:
-    """lm-eval in a child; data-parallel over the evaluation's GPUs (one process per GPU) when it has
-    several. Device and dtype are resolved by torch in the child (`auto`)."""
-    mmlu = config.objective.mmlu
-    processes = len(gpus) if gpus else 1
-    launcher = _accelerate(processes) + ["-m"] if processes > 1 else [sys.executable, "-m"]
-    cmd = launcher + [
-        "eval.mmlu", "--model", config.resolve(config.model.path), "--adapter", str(run_dir / "adapter"),
-        "--task", mmlu.task, "--num-fewshot", str(mmlu.num_fewshot), "--batch-size", str(mmlu.batch_size),
-        "--out", str(run_dir / "mmlu.json"), "--device", "auto", "--dtype", config.model.dtype]
-    if config.model.quantization:
-        cmd += ["--quantization", config.model.quantization]
-    if mmlu.data_dir:
-        cmd += ["--data-dir", config.resolve(mmlu.data_dir)]
-    if mmlu.limit:
-        cmd += ["--limit", str(mmlu.limit)]
-    if config.model.trust_remote_code:
-        cmd.append("--trust-remote-code")
-    t0 = time.time()
-    rc = _run_logged(cmd, run_dir / "mmlu.log", gpus, deadline)
-    result = read_json(run_dir / "mmlu.json")
-    if rc != 0 or not isinstance(result, dict) or not isinstance(result.get("mmlu"), (int, float)):
-        kind = "oom" if any(text in _tail(run_dir / "mmlu.log", 400) for text in OOM_TEXTS) else "eval"
-        raise EvalFailure(kind, _describe_exit(rc, "MMLU evaluation") if rc else "MMLU result missing",
-                          _tail(run_dir / "mmlu.log"))
-    result["mmlu_seconds"] = time.time() - t0
-    result["mmlu_processes"] = processes
-    return result
-
-
-def _run_logged(cmd: list[str], log_path: Path, gpus, deadline) -> int:
-    """Run a child in its own process group, log to a file, kill the whole group on timeout."""
-    env = checkout_env(BBO_PARENT_PID=str(os.getpid()), TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    if gpus is not None:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
-    with open(log_path, "ab") as log:
-        log.write(f"$ {' '.join(cmd)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO_ROOT),
-                                start_new_session=True)
-        with _children_lock:
-            _children.add(proc)
-        try:
-            remaining = None if deadline is None else max(0.0, deadline - time.time())
-            return proc.wait(timeout=remaining)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            raise EvalFailure("timeout", "evaluation exceeded launch.timeout_minutes; process group killed",
-                              _tail(log_path)) from None
-        finally:
-            with _children_lock:
-                _children.discard(proc)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=5)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def kill_children() -> None:
-    """Called on SIGTERM/SIGINT: no training keeps running after the blackbox is gone."""
-    with _children_lock:
-        procs = list(_children)
-    for proc in procs:
-        _kill_group(proc)
-
-
-def _describe_exit(rc: int, what: str) -> str:
-    if rc < 0:
-        return f"{what} killed by signal {signal.Signals(-rc).name}"
-    return f"{what} exited with code {rc}"
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def free_port() -> int:
-    """A free TCP port on this host, for a process group's rendezvous."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _provenance(config: ExperimentConfig) -> dict:

@@ -127,7 +127,8 @@ class TrainConfig:
 @dataclass
 class LaunchConfig:
     num_processes: int = 1  # processes (GPUs) per evaluation, run by `accelerate launch`
-    parallel: int = 1  # evaluations at once; each gets its own num_processes GPUs
+    parallel: int = 1  # evaluations at once; each gets its own num_processes GPUs (or its own Slurm job)
+    executor: str = "local"  # local = GPU slots of this machine; slurm = one Slurm job per evaluation (slurm:)
     device: str = "auto"  # auto = the GPUs torch sees, else CPU; cuda = GPUs or a clear error; cpu
     gpus: list[int] | None = None  # indices into the GPUs torch sees (default: all); [0, 0] shares GPU 0 by 2 slots
     timeout_minutes: float | None = None  # wall-clock limit of one evaluation; the whole process group is killed
@@ -137,7 +138,43 @@ class LaunchConfig:
         _positive("launch.num_processes", self.num_processes)
         _positive("launch.parallel", self.parallel)
         _one_of("launch.device", self.device, ["auto", "cuda", "cpu"])
+        _one_of("launch.executor", self.executor, ["local", "slurm"])
         _positive("launch.timeout_minutes", self.timeout_minutes, allow_none=True)
+
+
+@dataclass
+class SlurmConfig:
+    """What users put in an sbatch header; used with launch.executor=slurm (submitit writes the script)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus_per_job: int | None = None  # default: launch.num_processes; with launch.device=auto only if the partition has GPUs
+    cpus_per_job: int | None = None  # --cpus-per-task
+    mem_gb: float | None = None  # --mem
+    time_minutes: int = 240  # the job's time limit: a job past it is a failed point (timeout)
+    extra_sbatch: list[str] = field(default_factory=list)  # more sbatch options, e.g. ["--constraint=a100"]
+    setup: list[str] = field(default_factory=list)  # shell lines before the job: module load ..., source .../activate
+    poll_seconds: float = 10.0  # how often the blackbox looks at its jobs
+
+    def check(self):
+        if self.gpus_per_job is not None and self.gpus_per_job < 0:
+            raise ConfigError(f"slurm.gpus_per_job: must be >= 0, got {self.gpus_per_job}")
+        _positive("slurm.cpus_per_job", self.cpus_per_job, allow_none=True)
+        _positive("slurm.mem_gb", self.mem_gb, allow_none=True)
+        _positive("slurm.time_minutes", self.time_minutes)
+        _positive("slurm.poll_seconds", self.poll_seconds)
+        for option in self.extra_sbatch:
+            if not option.startswith("--") or len(option) < 3:
+                raise ConfigError(f"slurm.extra_sbatch: {option!r} is not a long sbatch option such as --constraint=a100")
+
+    def sbatch_options(self) -> dict:
+        """extra_sbatch as submitit's additional_parameters: {"constraint": "a100", "exclusive": True}."""
+        out = {}
+        for option in self.extra_sbatch:
+            key, sep, value = option[2:].partition("=")
+            out[key] = value if sep else True
+        return out
 
 
 MMLU_TASKS = ("mmlu_local", "mmlu")
@@ -276,6 +313,7 @@ class ExperimentConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     nomad: NomadConfig = field(default_factory=NomadConfig)
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     description: str = ""
     dir: Path = field(default=Path("."), metadata={"internal": True})  # the experiment folder
 
@@ -283,7 +321,7 @@ class ExperimentConfig:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise ConfigError(f"name: use letters, digits, '-', '_' or '.', got {self.name!r}")
         for part in (self.model, self.data, self.lora, self.train, self.launch, self.objective, self.nomad,
-                     self.confirm):
+                     self.confirm, self.slurm):
             part.check()
 
     def resolve(self, path: str | None) -> str | None:

@@ -26,6 +26,8 @@ FIXES = {
     "diverged": "training diverged (NaN or huge loss): lower the learning rate range or train.max_grad_norm",
     "eval": "the MMLU evaluation failed: see mmlu.log in the run folders, then rerun with --retry-failed",
     "crash": "training crashed: see train.log in the run folders, then rerun with --retry-failed",
+    "slurm": "Slurm ended the jobs (cancelled, node failure, preempted without requeue): see `scontrol show job` "
+             "or `sacct -j`, the job logs in <experiment>/slurm/ and the slurm: section, then rerun with --retry-failed",
 }
 
 

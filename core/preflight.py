@@ -13,6 +13,7 @@ that names the setting and the fix; nothing is trained and no run folder is made
   HF_HUB_OFFLINE=1, or reachable with the current token otherwise.
 - `visible_gpus` / `gpu_slots`: the GPUs torch sees (CUDA_VISIBLE_DEVICES entries: indices,
   UUIDs or MIG ids), split into `launch.parallel` slots of `launch.num_processes`.
+- `slurm_slots`: with launch.executor=slurm, `launch.parallel` jobs in flight; sbatch must be on PATH.
 """
 from __future__ import annotations
 
@@ -203,4 +204,23 @@ def check_before_training(config: ExperimentConfig) -> tuple[list[list[str] | No
         return json.loads(given), []
     check_inputs(config)
     warnings = check_hub(config)
+    if config.launch.executor == "slurm":
+        return slurm_slots(config), warnings
     return gpu_slots(config), warnings
+
+
+def slurm_slots(config: ExperimentConfig) -> list[None]:
+    """launch.parallel jobs in flight; each job gets its GPUs from Slurm, not from this machine (a login
+    node has none). Raises PreflightError when this machine cannot submit jobs."""
+    import shutil
+
+    missing = [cmd for cmd in ("sbatch", "squeue", "scancel") if shutil.which(cmd) is None]
+    if missing:
+        raise PreflightError(f"launch.executor is slurm but {missing[0]} is not on PATH: run the search on a "
+                             "login node (or in a job) of the cluster, or set launch.executor=local")
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise PreflightError("launch.executor is slurm but submitit is not installed: "
+                             "pip install -r requirements.txt") from None
+    return [None] * config.launch.parallel

@@ -1,0 +1,189 @@
+"""The part of an evaluation that needs the GPUs: train (accelerate launch blackbox/train.py), then MMLU.
+
+`work` runs it in the point's run folder and returns the metrics, or raises EvalFailure with
+the kind of failure. The executor (blackbox/executors.py) decides where: in child processes on
+a GPU slot of this machine, or inside a Slurm job. Every child runs in its own process group,
+logs to the run folder, and is killed with its whole group on timeout or when the blackbox stops.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from core.config import ExperimentConfig
+from core.procs import REPO_ROOT, checkout_env
+from core.store import read_json
+
+TRAIN_SCRIPT = REPO_ROOT / "blackbox" / "train.py"
+
+_children: set[subprocess.Popen] = set()  # live child process groups, killed on SIGTERM/SIGINT
+_children_lock = threading.Lock()
+
+
+class EvalFailure(Exception):
+    """A point whose evaluation failed; `kind` says how (oom, diverged, timeout, crash, error, metrics)."""
+
+    def __init__(self, kind: str, message: str, log_tail: str | None = None):
+        super().__init__(message)
+        self.kind, self.log_tail = kind, log_tail
+
+
+def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dict:
+    """Train, then MMLU when the objective needs it; gpus: the CUDA_VISIBLE_DEVICES of this evaluation
+    (None: leave it as it is, e.g. what Slurm gave the job). Raises EvalFailure."""
+    for stale in [*run_dir.glob("error*.json"), run_dir / "train_result.json", run_dir / "mmlu.json"]:
+        stale.unlink(missing_ok=True)  # a requeued Slurm job starts again in the same folder
+    timeout = config.launch.timeout_minutes
+    deadline = time.time() + timeout * 60 if timeout else None
+    metrics = _train(config, run_dir, gpus, deadline)
+    if config.objective.needs_mmlu:
+        metrics.update(_mmlu(config, run_dir, gpus, deadline))
+        metrics["eval_seconds"] = metrics.get("eval_seconds", 0.0) + metrics.get("mmlu_seconds", 0.0)
+    return metrics
+
+
+def _accelerate(num_processes: int) -> list[str]:
+    """`accelerate launch` for num_processes processes on one machine, each on its own GPU (or CPU)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port())]
+    if num_processes > 1:
+        cmd.append("--multi_gpu")  # on CPU too: N real processes with gloo (`--cpu` would run only one)
+    return cmd
+
+
+def _launch_command(config: ExperimentConfig, run_dir: Path) -> list[str]:
+    return (_accelerate(config.launch.num_processes) + list(config.launch.accelerate_args)
+            + [str(TRAIN_SCRIPT), str(run_dir)])
+
+
+# Failure kinds, most telling first: when several processes fail, the first found here is reported
+# (an OOM on rank 2 makes the other ranks fail too, with less telling errors).
+KIND_PRIORITY = ["oom", "diverged", "load_model", "load_tokenizer", "load_data", "eval", "error"]
+OOM_TEXTS = ("CUDA out of memory", "OutOfMemoryError", "CUDA error: out of memory")
+
+
+def _train(config, run_dir: Path, gpus, deadline) -> dict:
+    rc = _run_logged(_launch_command(config, run_dir), run_dir / "train.log", gpus, deadline)
+    errors = [e for e in (read_json(p) for p in sorted(run_dir.glob("error*.json"))) if isinstance(e, dict)]
+    if rc != 0 or errors:
+        tail = tail_of(run_dir / "train.log")
+        if errors:
+            errors.sort(key=lambda e: KIND_PRIORITY.index(e.get("kind")) if e.get("kind") in KIND_PRIORITY
+                        else len(KIND_PRIORITY))
+            error = errors[0]
+            where = f" (rank {error['rank']})" if error.get("rank") else ""
+            raise EvalFailure(error.get("kind", "error"), error.get("message", "training failed") + where, tail)
+        if any(text in tail_of(run_dir / "train.log", 400) for text in OOM_TEXTS):  # e.g. OOM while loading
+            raise EvalFailure("oom", _describe_exit(rc, "training") + " after running out of GPU memory", tail)
+        raise EvalFailure("crash", _describe_exit(rc, "training"), tail)
+    result = read_json(run_dir / "train_result.json")
+    if not isinstance(result, dict):
+        raise EvalFailure("metrics", "training ended but train_result.json is missing or garbage",
+                          tail_of(run_dir / "train.log"))
+    return result
+
+
+def _mmlu(config, run_dir: Path, gpus, deadline) -> dict:
+    """lm-eval in a child; data-parallel over the evaluation's GPUs (one process per GPU) when it has
+    several. Device and dtype are resolved by torch in the child (`auto`)."""
+    mmlu = config.objective.mmlu
+    processes = len(gpus) if gpus else 1
+    launcher = _accelerate(processes) + ["-m"] if processes > 1 else [sys.executable, "-m"]
+    cmd = launcher + [
+        "eval.mmlu", "--model", config.resolve(config.model.path), "--adapter", str(run_dir / "adapter"),
+        "--task", mmlu.task, "--num-fewshot", str(mmlu.num_fewshot), "--batch-size", str(mmlu.batch_size),
+        "--out", str(run_dir / "mmlu.json"), "--device", "auto", "--dtype", config.model.dtype]
+    if config.model.quantization:
+        cmd += ["--quantization", config.model.quantization]
+    if mmlu.data_dir:
+        cmd += ["--data-dir", config.resolve(mmlu.data_dir)]
+    if mmlu.limit:
+        cmd += ["--limit", str(mmlu.limit)]
+    if config.model.trust_remote_code:
+        cmd.append("--trust-remote-code")
+    t0 = time.time()
+    rc = _run_logged(cmd, run_dir / "mmlu.log", gpus, deadline)
+    result = read_json(run_dir / "mmlu.json")
+    if rc != 0 or not isinstance(result, dict) or not isinstance(result.get("mmlu"), (int, float)):
+        kind = "oom" if any(text in tail_of(run_dir / "mmlu.log", 400) for text in OOM_TEXTS) else "eval"
+        raise EvalFailure(kind, _describe_exit(rc, "MMLU evaluation") if rc else "MMLU result missing",
+                          tail_of(run_dir / "mmlu.log"))
+    result["mmlu_seconds"] = time.time() - t0
+    result["mmlu_processes"] = processes
+    return result
+
+
+def _run_logged(cmd: list[str], log_path: Path, gpus, deadline) -> int:
+    """Run a child in its own process group, log to a file, kill the whole group on timeout."""
+    env = checkout_env(BBO_PARENT_PID=str(os.getpid()), TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    with open(log_path, "ab") as log:
+        log.write(f"$ {' '.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO_ROOT),
+                                start_new_session=True)
+        with _children_lock:
+            _children.add(proc)
+        try:
+            remaining = None if deadline is None else max(0.0, deadline - time.time())
+            return proc.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise EvalFailure("timeout", "evaluation exceeded launch.timeout_minutes; process group killed",
+                              tail_of(log_path)) from None
+        except BaseException:  # e.g. submitit's preemption signal in a Slurm job: take the training down too
+            _kill_group(proc)
+            raise
+        finally:
+            with _children_lock:
+                _children.discard(proc)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=5)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def kill_children() -> None:
+    """Called on SIGTERM/SIGINT: no training keeps running after the blackbox is gone."""
+    with _children_lock:
+        procs = list(_children)
+    for proc in procs:
+        _kill_group(proc)
+
+
+def _describe_exit(rc: int, what: str) -> str:
+    if rc < 0:
+        return f"{what} killed by signal {signal.Signals(-rc).name}"
+    return f"{what} exited with code {rc}"
+
+
+def tail_of(path: Path, lines: int = 30) -> str:
+    """The last lines of a log, for a failed point's status ("" when there is no log)."""
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def free_port() -> int:
+    """A free TCP port on this host, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,136 @@
+"""launch.executor=slurm on a real Slurm (scripts/slurm-local.sh): one job per evaluation, same answers as
+local, a cancelled job is a failed point, and a killed search leaves no job behind.
+
+Started here when it is not running and this is root; skipped with the reason otherwise, except under
+CI (CI=true), where Slurm must be there: .ci/run starts it.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bbo.results import load_runs
+from conftest import REPO, make_experiment
+
+pytestmark = pytest.mark.slurm
+
+FAST = dict(train={"max_steps": 3, "logging_steps": 1},
+            objective={"metric": "val_loss", "extra_outputs": ["train_loss"]}, nomad={"budget": 3, "seed": 0})
+ON_SLURM = dict(launch={"executor": "slurm", "parallel": 2, "device": "cpu"},
+                slurm={"poll_seconds": 1, "time_minutes": 10})
+
+
+def _up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    return proc.returncode == 0 and any(s in proc.stdout for s in ("idle", "mixed", "allocated"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm():
+    if _up():
+        return
+    reason = None
+    if os.geteuid() != 0:
+        reason = "Slurm is not running and starting it needs root: sudo bash scripts/slurm-local.sh start"
+    else:
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm-local.sh"), "start"], capture_output=True,
+                              text=True)
+        if proc.returncode != 0 or not _up():
+            reason = f"scripts/slurm-local.sh start failed: {(proc.stderr or proc.stdout)[-500:]}"
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"CI must run the Slurm tests: {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
+def run(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+
+
+def our_jobs(name="bbo-demo") -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True).stdout
+    return out.split()
+
+
+def finished_jobs() -> dict[str, str]:
+    """Job id -> state of finished jobs: sacct with accounting, else sacct -c (jobcomp/filetxt, slurm-local.sh)."""
+    for cmd in (["sacct", "-n", "-X", "-P", "-o", "JobID,State"], ["sacct", "-c", "-n", "-P", "-o", "JobID,State"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0 and proc.stdout.strip():
+            return dict(line.split("|")[:2] for line in proc.stdout.split("\n") if "|" in line)
+    return {}
+
+
+def wait_for(predicate, seconds=120):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(1)
+    return False
+
+
+def test_a_search_on_slurm_runs_every_evaluation_as_a_job_with_the_local_answers(tmp_path, assets):
+    on_slurm = make_experiment(tmp_path / "slurm", assets, **FAST, **ON_SLURM)
+    proc = run("bbo", "run", str(on_slurm))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = load_runs(on_slurm)
+    assert len(df) == 3 and (df["status"] == "ok").all()
+    jobs = df["slurm_job"].tolist()
+    assert all(isinstance(j, str) and j.isdigit() for j in jobs) and len(set(jobs)) == 3
+    assert set(df["slurm_state"]) == {"COMPLETED"} and df["slurm_node"].notna().all()
+    assert wait_for(lambda: all(finished_jobs().get(j) == "COMPLETED" for j in jobs), 60), finished_jobs()
+    assert run("bbo", "results", str(on_slurm), "--csv", str(tmp_path / "t.csv")).returncode == 0
+    assert "slurm_job,slurm_node,slurm_state" in (tmp_path / "t.csv").read_text().splitlines()[0]
+
+    local = make_experiment(tmp_path / "local", assets, **FAST, launch={"device": "cpu"})
+    proc = run("bbo", "run", str(local))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    here = load_runs(local).set_index("run_id")["objective"]
+    there = df.set_index("run_id")["objective"]
+    assert sorted(here.index) == sorted(there.index)  # the same points (the executor is not in the run id)
+    assert here.loc[there.index].tolist() == pytest.approx(there.tolist(), rel=1e-6)
+
+
+def test_a_cancelled_job_is_a_failed_point_with_the_slurm_state(tmp_path, assets):
+    experiment = make_experiment(tmp_path, assets, **FAST, **ON_SLURM)
+    proc = subprocess.Popen([sys.executable, "-m", "blackbox", "-e", str(experiment), "--rank", "8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, BBO_FAULT="hang@1"))
+    assert wait_for(lambda: len(our_jobs()) == 1), "no job appeared in squeue"
+    (job,) = our_jobs()
+    time.sleep(3)
+    subprocess.run(["scancel", job], check=True)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1 and out.strip() == "FAILED", err[-2000:]
+    (run_dir,) = [p for p in (experiment / "runs").iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and status["error_kind"] == "slurm"
+    assert f"Slurm job {job} CANCELLED" in status["reason"]
+    assert json.loads((run_dir / "slurm.json").read_text())["state"] == "CANCELLED"
+
+
+def test_killing_the_search_cancels_its_jobs_and_a_rerun_trains_the_point_again(tmp_path, assets):
+    experiment = make_experiment(tmp_path, assets, **FAST, **ON_SLURM)
+    search = subprocess.Popen([sys.executable, "-m", "bbo", "run", str(experiment)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, BBO_FAULT="hang@1"))
+    assert wait_for(lambda: len(our_jobs()) >= 1), "no job appeared in squeue"
+    jobs = our_jobs()
+    search.send_signal(signal.SIGTERM)
+    search.wait(timeout=60)
+    assert wait_for(lambda: not our_jobs(), 60), f"jobs left behind: {our_jobs()}"
+    assert wait_for(lambda: all(finished_jobs().get(j, "").startswith("CANCELLED") for j in jobs), 60)
+
+    proc = run("bbo", "run", str(experiment), "nomad.budget=1")  # resumes: X0 was cut off, it is trained again
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = load_runs(experiment)
+    assert df.loc[df["order"] == 1, "status"].item() == "ok" and df.loc[df["order"] == 1, "attempt"].item() == 2
+    assert not our_jobs()
