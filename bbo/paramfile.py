@@ -48,6 +48,8 @@ def render(config: ExperimentConfig) -> str:
     ]
     if config.launch.parallel > 1:
         lines.append(f"BB_MAX_BLOCK_SIZE {config.launch.parallel}")
+        # search and poll points in one block, so the block fills (benchmarks/parallelism.py: 2-4x fewer rounds)
+        lines.append("MEGA_SEARCH_POLL yes")
     if config.nomad.lh_search:
         lines.append(f"LH_SEARCH {config.nomad.lh_search[0]} {config.nomad.lh_search[1]}")
     lines += [

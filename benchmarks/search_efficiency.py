@@ -112,22 +112,25 @@ def variant_space(space: dict, variant: dict) -> dict:
 
 # ---------------------------------------------------------------- NOMAD, as the project runs it
 
-def nomad_lines(space: dict, budget: int, seed: int, variant: dict) -> list[str]:
-    """The parameter lines bbo.paramfile.render writes for an experiment with this space and nomad section."""
+def nomad_lines(space: dict, budget: int, seed: int, variant: dict, parallel: int = 1) -> list[str]:
+    """The parameter lines bbo.paramfile.render writes for an experiment with this space, nomad section and
+    launch.parallel (BB_MAX_BLOCK_SIZE and what goes with it)."""
     from bbo.paramfile import render
     from core.config import from_dict
     from core.nomadtext import param_lines
 
     raw = {"name": "bench", "model": {"path": "unused"}, "data": {"sources": [{"path": "unused.jsonl"}]},
-           "objective": {"metric": "val_loss", "extra_outputs": []}, "space": space,
+           "objective": {"metric": "val_loss", "extra_outputs": []}, "space": space, "launch": {"parallel": parallel},
            "nomad": {"budget": budget, "seed": seed, "lh_search": variant.get("lh_search"),
                      "extra_lines": list(variant.get("extra_lines", []))}}
     lines = [line.text for line in param_lines(render(from_dict(raw))) if line.keyword not in DROPPED]
     return lines + ["DISPLAY_DEGREE 0"]
 
 
-def _nomad_child(name: str, variant: dict, seed: int, budget: int, conn, noise: float | None = None) -> None:
-    """One NOMAD run in this (fresh) process; sends (objective, true value) to the parent as each is evaluated."""
+def _nomad_child(name: str, variant: dict, seed: int, budget: int, conn, noise: float | None = None,
+                 block: int = 1) -> None:
+    """One NOMAD run in this (fresh) process; sends (objective, true value, round) to the parent as each is
+    evaluated. block > 1: the parameter lines of launch.parallel = block (BB_MAX_BLOCK_SIZE); a round is one block."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # NOMAD prints notes on stdout
     import PyNomad
@@ -135,31 +138,41 @@ def _nomad_child(name: str, variant: dict, seed: int, budget: int, conn, noise: 
     landscape = landscape_by_name(name, noise, seed)
     space_dict = variant_space(landscape.space, variant)
     space = SearchSpace.from_dict(space_dict)
+    rounds = [0]
 
-    def blackbox(point):
+    def evaluate(point):
         coords = [point.get_coord(i) for i in range(space.dimension)]
         coords = [int(round(x)) if t == "I" else x for x, t in zip(coords, space.input_types)]
         hp = space.decode(coords)
         value = landscape(hp)
-        conn.send((value, landscape.truth(hp)))
+        conn.send((value, landscape.truth(hp), rounds[0]))
         point.setBBO(str(value).encode())
-        return 1
+        return True
 
-    PyNomad.optimize(blackbox, [], [], [], nomad_lines(space_dict, budget, seed, variant))
+    def one(point):
+        rounds[0] += 1
+        return evaluate(point)
+
+    def many(points):
+        rounds[0] += 1
+        return [evaluate(points.get_x(i)) for i in range(points.size())]
+
+    lines = nomad_lines(space_dict, budget, seed, variant, parallel=block)
+    PyNomad.optimize(many if block > 1 else one, [], [], [], lines)
     conn.close()
 
 
-def run_nomad(name: str, variant: dict, seeds: list[int], budget: int,
-              noise: float | None = None) -> tuple[list[list[tuple[float, float]]], int]:
-    """One fresh process per seed, one at a time: (histories of (value, true value), number of runs whose
-    NOMAD process crashed).
+def run_nomad(name: str, variant: dict, seeds: list[int], budget: int, noise: float | None = None,
+              block: int = 1) -> tuple[list[list[tuple[float, float, int]]], int]:
+    """One fresh process per seed, one at a time: (histories of (value, true value, round), number of runs
+    whose NOMAD process crashed).
 
     A crashed run keeps the evaluations it made before the crash (the run store would too)."""
     ctx = multiprocessing.get_context("spawn")
     histories, crashes = [], 0
     for seed in seeds:
         receive, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_nomad_child, args=(name, variant, seed, budget, send, noise))
+        proc = ctx.Process(target=_nomad_child, args=(name, variant, seed, budget, send, noise, block))
         proc.start()
         send.close()
         history = []
@@ -189,47 +202,63 @@ def suggest(trial, space: SearchSpace) -> dict:
     return space.decode(coords)
 
 
-def run_optuna(landscape, sampler: str, seed: int, budget: int, noise: float | None = None) -> list[tuple[float, float]]:
-    """(value, true value) of each distinct evaluation, in order."""
+def run_optuna(landscape, sampler: str, seed: int, budget: int, noise: float | None = None,
+               in_flight: int = 1) -> list[tuple[float, float, int]]:
+    """(value, true value, round) of each distinct evaluation, in order. in_flight > 1: that many trials
+    suggested before any is told (TPE with constant_liar, as Optuna recommends for parallel workers;
+    Optuna 5's default)."""
     import optuna
 
     landscape = Noisy(landscape, noise, seed) if noise else landscape
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = SearchSpace.from_dict(landscape.space)
-    make = optuna.samplers.TPESampler if sampler == "tpe" else optuna.samplers.RandomSampler
-    study = optuna.create_study(direction="minimize", sampler=make(seed=seed))
-    seen, history = {}, []
+    if sampler == "tpe":
+        made = optuna.samplers.TPESampler(seed=seed, **({"constant_liar": True} if in_flight > 1 else {}))
+    else:
+        made = optuna.samplers.RandomSampler(seed=seed)
+    study = optuna.create_study(direction="minimize", sampler=made)
+    seen, history, rounds = {}, [], 0
     for _ in range(50 * budget):  # duplicates do not count; this only bounds a space smaller than the budget
         if len(history) >= budget:
             break
-        trial = study.ask()
-        hp = suggest(trial, space)
-        key = tuple(sorted((k, f"{v:.6g}") for k, v in hp.items()))
-        if key not in seen:
-            seen[key] = landscape(hp)
-            history.append((seen[key], landscape.truth(hp)))
-        study.tell(trial, seen[key])
+        trials = [study.ask() for _ in range(min(in_flight, budget - len(history)))]
+        suggested = [suggest(trial, space) for trial in trials]  # Optuna samples at suggest: all before any tell
+        fresh = False  # a round of cached answers only takes no time
+        for trial, hp in zip(trials, suggested):
+            key = tuple(sorted((k, f"{v:.6g}") for k, v in hp.items()))
+            if key not in seen:
+                seen[key], fresh = landscape(hp), True
+                history.append((seen[key], landscape.truth(hp), rounds + 1))
+            study.tell(trial, seen[key])
+        rounds += fresh
     return history
 
 
 # ---------------------------------------------------------------- figures
 
-def evals_to_target(history: list[tuple[float, float]], optimum: float, budget: int) -> int:
+def evals_to_target(history: list[tuple[float, float, int]], optimum: float, budget: int) -> int:
     """1-based index of the first observed value within TARGET of the optimum; budget + 1 when never."""
-    for i, (value, _) in enumerate(history, 1):
+    for i, (value, *_) in enumerate(history, 1):
         if value <= optimum * (1 + TARGET):
             return i
     return budget + 1
 
 
-def truly_within(history: list[tuple[float, float]], optimum: float) -> bool:
+def rounds_to_target(history: list[tuple[float, float, int]], optimum: float, budget: int) -> int:
+    """The round (wall-clock, in evaluation times) in which the first value within TARGET was evaluated;
+    budget + 1 when never."""
+    i = evals_to_target(history, optimum, budget)
+    return history[i - 1][2] if i <= len(history) else budget + 1
+
+
+def truly_within(history: list[tuple[float, float, int]], optimum: float) -> bool:
     """The final choice (the best observed point) is within TARGET of the optimum by its true value."""
-    return bool(history) and min(history)[1] <= optimum * (1 + TARGET)
+    return bool(history) and min(history)[1] <= optimum * (1 + TARGET)  # min: by observed value
 
 
-def summarize(histories: list[list[tuple[float, float]]], optimum: float, budget: int, checkpoints,
+def summarize(histories: list[list[tuple[float, float, int]]], optimum: float, budget: int, checkpoints,
               crashes: int = 0) -> dict:
-    values = [[v for v, _ in h] for h in histories]
+    values = [[v for v, *_ in h] for h in histories]
     out = {f"best@{c}": statistics.median(min(h[:c], default=math.inf) for h in values) for c in checkpoints}
     hits = [evals_to_target(h, optimum, budget) for h in histories]
     out["to1%"] = statistics.median(hits)

@@ -46,6 +46,12 @@ def test_search_efficiency_quick():
     assert len(noisy) == 2 and "| Optuna TPE |" in noisy[1]  # the same tables again, with seed noise
 
 
+def test_parallelism_quick():
+    out = run_module("benchmarks.parallelism", "--quick")
+    assert "| 4 | NOMAD |" in out and "| 4 | Optuna TPE |" in out and "rounds vs k=1" in out
+    assert "## Goal: with k = 4" in out
+
+
 def test_noise_is_fixed_per_point_and_seed_and_judged_by_the_true_value():
     from benchmarks.landscapes import Noisy, exp3_like
 

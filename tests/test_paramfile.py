@@ -50,3 +50,5 @@ def test_parallel_and_search_options_reach_the_file(tmp_path):
                                                          "nomad.extra_lines=[VNS_MADS_SEARCH yes]"])
     text = paramfile.render(config)
     assert "BB_MAX_BLOCK_SIZE 4" in text and "LH_SEARCH 5 0" in text and "VNS_MADS_SEARCH yes" in text
+    assert "MEGA_SEARCH_POLL yes" in text  # blocks filled with search and poll points (benchmarks/parallelism.py)
+    assert "MEGA_SEARCH_POLL" not in paramfile.render(load_config(REPO / "experiments" / "demo"))
