@@ -69,6 +69,8 @@ class SlurmExecutor:
             gpus = launch.num_processes if wants else 0
         executor = submitit.SlurmExecutor(folder=self.config.dir / "slurm" / "%j", max_num_timeout=0)
         params = {"job_name": f"bbo-{self.config.name}", "time": slurm.time_minutes, "nodes": 1,
+                  # submitit's warning signal before the time limit: 90 s, less for a short limit
+                  "signal_delay_s": max(10, min(90, slurm.time_minutes * 6)),
                   "ntasks_per_node": 1, "comment": run_dir.name, "setup": list(slurm.setup),
                   "additional_parameters": slurm.sbatch_options()}
         params.update({k: v for k, v in {"partition": slurm.partition, "account": slurm.account, "qos": slurm.qos,
@@ -111,9 +113,14 @@ class SlurmExecutor:
             failure = result["failure"]
             raise EvalFailure(failure["kind"], failure["message"], failure.get("log_tail"))
         # Slurm ended it (cancelled, out of time, node failure): the Slurm state is the reason
-        kind = "timeout" if state == "TIMEOUT" or "timed-out" in str(result) else "slurm"
-        detail = result["failure"]["message"] if outcome == "success" else "no result"
-        raise EvalFailure(kind, f"Slurm job {job.job_id} {state}{where} ({detail})",
+        if outcome == "success":
+            detail = result["failure"]["message"]
+        else:  # submitit's error text (its last line), or nothing at all
+            detail = str(result).strip().splitlines()[-1] if result else "no result"
+        if state == "TIMEOUT" or "timed-out" in str(result):
+            raise EvalFailure("timeout", f"Slurm job {job.job_id} reached slurm.time_minutes={self.config.slurm.time_minutes} "
+                                         f"({state}{where}: {detail})", tail_of(job.paths.stderr) or str(result)[-2000:])
+        raise EvalFailure("slurm", f"Slurm job {job.job_id} {state}{where} ({detail})",
                           tail_of(job.paths.stderr) or str(result)[-2000:])
 
 
