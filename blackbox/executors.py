@@ -92,7 +92,11 @@ class SlurmExecutor:
                 time.sleep(1)
 
     def run(self, config: ExperimentConfig, run_dir: Path, gpus) -> dict:
-        job = self._submitit(run_dir).submit(JobWork(), config, str(run_dir))
+        try:
+            job = self._submitit(run_dir).submit(JobWork(), config, str(run_dir))
+        except Exception as e:  # noqa: BLE001 - sbatch refused (a wrong partition, account, limit): say what it said
+            said = [line for line in str(e).splitlines() if "error" in line.lower()] or str(e).splitlines() or [""]
+            raise EvalFailure("slurm", f"sbatch refused the job: {said[-1].strip()}") from None
         record = {"job_id": str(job.job_id), "state": "PENDING", "node": None, "submitted": time.time()}
         write_json(run_dir / SLURM_FILE, record)
         with _jobs_lock:
