@@ -139,13 +139,13 @@ def _confirm(config, overrides, top: int, seeds: int, env: dict) -> int:
 
 def cmd_confirm(args) -> int:
     """Train the best points again with other seeds, after a search (or again: answered from disk)."""
+    from core.procs import checkout_env
+
     config = load_config(args.experiment, args.overrides)
     top = args.top if args.top is not None else config.confirm.top or 3
     seeds = args.seeds if args.seeds is not None else config.confirm.seeds
     if top < 1 or seeds < 1:
         raise ConfigError("confirm: --top and --seeds must be >= 1")
-    from core.procs import checkout_env
-
     env = checkout_env(BBO_DRIVER_PID=str(os.getpid()))
     return _confirm(config, args.overrides, top, seeds, env)
 
