@@ -134,3 +134,34 @@ def test_killing_the_search_cancels_its_jobs_and_a_rerun_trains_the_point_again(
     df = load_runs(experiment)
     assert df.loc[df["order"] == 1, "status"].item() == "ok" and df.loc[df["order"] == 1, "attempt"].item() == 2
     assert not our_jobs()
+
+
+@pytest.mark.slow
+def test_a_job_past_its_time_limit_is_a_timeout(tmp_path, assets):
+    experiment = make_experiment(tmp_path, assets, **FAST, **dict(ON_SLURM, slurm={"poll_seconds": 1,
+                                                                                  "time_minutes": 1}))
+    proc = run("blackbox", "-e", str(experiment), "--rank", "8", env={"BBO_FAULT": "hang@1"}, timeout=300)
+    assert proc.returncode == 1 and proc.stdout.strip() == "FAILED", proc.stderr[-2000:]
+    (run_dir,) = [p for p in (experiment / "runs").iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["error_kind"] == "timeout" and "reached slurm.time_minutes=1" in status["reason"]
+    assert not our_jobs()
+
+
+@pytest.mark.slow
+def test_a_preempted_job_is_requeued_and_finishes(tmp_path, assets):
+    experiment = make_experiment(tmp_path, assets, **dict(FAST, train={"max_steps": 30, "logging_steps": 10}),
+                                 **dict(ON_SLURM, slurm={"poll_seconds": 1, "time_minutes": 30}))
+    proc = subprocess.Popen([sys.executable, "-m", "blackbox", "-e", str(experiment), "--rank", "8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = lambda: subprocess.run(["squeue", "-h", "-n", "bbo-demo", "-t", "R", "-o", "%i"],  # noqa: E731
+                                     capture_output=True, text=True).stdout.split()
+    assert wait_for(lambda: len(running()) == 1), "the job did not start"
+    (job,) = running()
+    time.sleep(3)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what Slurm sends a job it preempts
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and out.strip() != "FAILED", err[-2000:]
+    (run_dir,) = [p for p in (experiment / "runs").iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+    assert (run_dir / "train.log").read_text().count("$ ") == 2  # trained twice: before and after the requeue
+    assert json.loads((run_dir / "slurm.json").read_text())["state"] == "COMPLETED"
