@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from core.config import ConfigError, ExperimentConfig
+from core.data import FORMATS, is_local
 
 
 class PreflightError(ConfigError):
@@ -33,8 +34,6 @@ class PreflightError(ConfigError):
 def check_inputs(config: ExperimentConfig) -> None:
     """Model, data and MMLU paths must exist, and local data must have its format's fields,
     before any run folder is made for them (a bad source is a config error, not a failed point)."""
-    from core.data import FORMATS, is_local
-
     checks = [("model.path", config.model.path)] + [
         (f"data.sources[{i}].path", s.path) for i, s in enumerate(config.data.sources)]
     if config.objective.needs_mmlu and config.objective.mmlu.data_dir:
@@ -63,8 +62,6 @@ def check_inputs(config: ExperimentConfig) -> None:
 
 def hub_ids(config: ExperimentConfig) -> list[tuple[str, str, str, str | None]]:
     """(config key, repo id, repo type, revision) of everything the experiment loads from the hub."""
-    from core.data import is_local
-
     ids = []
     if not is_local(config.model.path):
         ids.append(("model.path", config.model.path, "model", config.model.revision))
