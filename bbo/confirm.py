@@ -23,7 +23,7 @@ import time
 import pandas as pd
 
 from bbo.results import load_runs
-from core.config import ExperimentConfig
+from core.config import ExperimentConfig, confirm_seeds
 from core.nomadtext import NOMAD_DIR
 from core.store import State
 
@@ -52,7 +52,7 @@ def run_confirm(config: ExperimentConfig, overrides: list[str], top: int, seeds:
         print("confirm: no successful evaluation to confirm", file=sys.stderr)
         return 1
     lines = [line for line in (_point_line(config, row) for _, row in chosen.iterrows()) if line]
-    seed_list = [config.train.seed + i for i in range(1, seeds + 1)]
+    seed_list = confirm_seeds(config.train.seed, seeds)
     print(f"confirm: the {len(lines)} best points again with seeds {', '.join(map(str, seed_list))} "
           f"(train.seed {config.train.seed} was the search's)", flush=True)
     env = dict(env, BBO_OVERRIDES=json.dumps(list(overrides)))

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 
 from blackbox import faults  # noqa: E402
 from core.data import collator_for, load_tokenized  # noqa: E402
-from core.model import load_base, load_tokenizer, run_dtype  # noqa: E402
+from core.model import load_base, load_tokenizer, resolve_device, run_dtype  # noqa: E402
 from core.procs import on_death_of  # noqa: E402
 from core.store import write_json  # noqa: E402
 from eval.loss import validation_loss  # noqa: E402
@@ -53,11 +53,11 @@ class Diverged(RuntimeError):
 
 def device_and_precision(spec: dict) -> tuple[str, torch.dtype, str]:
     """(device, weights' dtype, compute precision): bf16 on GPU, fp32 on CPU unless the spec says; torch decides."""
-    on_gpu = torch.cuda.is_available()
+    device = resolve_device()
     precision = spec["train"]["precision"]
     if precision == "auto":
-        precision = "bf16" if on_gpu else "fp32"
-    return ("cuda" if on_gpu else "cpu"), run_dtype(spec), precision
+        precision = "bf16" if device == "cuda" else "fp32"
+    return device, run_dtype(spec), precision
 
 
 def model_with_lora(spec: dict, dtype: torch.dtype, seams: Seams):

@@ -296,9 +296,10 @@ class ConfirmConfig:
             raise ConfigError(f"confirm.top: must be >= 0 (0 = off), got {self.top}")
         _positive("confirm.seeds", self.seeds)
 
-    def seed_list(self, base_seed: int) -> list[int]:
-        """The other seeds of each finalist, after the experiment's own train.seed."""
-        return [base_seed + i for i in range(1, self.seeds + 1)]
+
+def confirm_seeds(train_seed: int, n: int) -> list[int]:
+    """The other seeds of each finalist (confirm.seeds = n), after the experiment's own train.seed."""
+    return [train_seed + i for i in range(1, n + 1)]
 
 
 @dataclass
