@@ -49,7 +49,7 @@ def cmd_paramfile(args) -> int:
 def cmd_run(args) -> int:
     """Check everything first, then run NOMAD in a child: a NOMAD crash becomes an error line."""
     from bbo import paramfile
-    from core.nomadtext import CACHE_FILE, NOMAD_DIR, drop_failed
+    from core.nomadtext import CACHE_FILE, NOMAD_DIR, drop_failed, drop_points
     from core.preflight import GPU_SLOTS_ENV, check_before_training
     from core.procs import checkout_env, die_with_parent
 
@@ -68,10 +68,20 @@ def cmd_run(args) -> int:
         dropped = drop_failed(config.dir / CACHE_FILE)
         print(f"retrying failed points: {dropped} removed from NOMAD's cache; their run folders are trained again",
               file=sys.stderr)
+    if args.retry_pruned:
+        from bbo.results import load_runs
+
+        runs = load_runs(config.dir, args.overrides)
+        pruned = runs[runs["status"].eq("pruned")]
+        xcols = [f"x_{name}" for name in config.space.names()]
+        dropped = drop_points(config.dir / CACHE_FILE, pruned[xcols].astype(float).values.tolist())
+        print(f"retrying pruned points: {dropped} removed from NOMAD's cache; they are trained again under the "
+              f"pruning rule of now", file=sys.stderr)
     search = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     # The overrides travel in the environment: NOMAD's child and every blackbox it starts read them.
     env = checkout_env(BBO_OVERRIDES=json.dumps(list(args.overrides)), BBO_DRIVER_PID=str(os.getpid()),
                        BBO_SEARCH_ID=search, BBO_RETRY_FAILED="1" if args.retry_failed else "0",
+                       BBO_RETRY_PRUNED="1" if args.retry_pruned else "0",
                        **{GPU_SLOTS_ENV: json.dumps(slots)})  # checked above: the blackboxes need not import torch
     cmd = [sys.executable, "-m", "bbo.nomad", "--experiment", str(config.dir), "--resume"]
     where = ", ".join("+".join(s) if s else "CPU" for s in slots) if slots[0] is not None else "CPU"
@@ -289,6 +299,8 @@ def main(argv=None) -> int:
         if name == "run":
             s.add_argument("--retry-failed", action="store_true",
                            help="train failed points again (after fixing their cause)")
+            s.add_argument("--retry-pruned", action="store_true",
+                           help="train pruned points again (after changing the pruning rule)")
         s.set_defaults(fn=fn)
     s = sub.add_parser("plan", help="check an experiment and estimate memory, time and disk before any training")
     s.add_argument("experiment")

@@ -6,6 +6,8 @@ best_so_far.png            best objective so far against evaluation number, one 
 objective_vs_<hp>.png      objective against each searched hyperparameter (and alpha/rank)
 parallel_coordinates.png   every evaluated point as a line over normalised axes, coloured by objective
 confirm_seeds.png          the confirmed finalists' objective per seed, best mean first (after `bbo confirm`)
+learning_curves.png        validation loss at each checkpoint of every run (curve.json), best run highlighted,
+                           pruned runs dashed to where they stopped
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import ScalarFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from bbo.results import load_confirm_runs, load_runs  # noqa: E402
+from bbo.results import load_confirm_runs, load_curves, load_runs  # noqa: E402
 from core.config import objective_label  # noqa: E402
 from core.store import State  # noqa: E402
 
@@ -50,7 +52,37 @@ def plot_experiments(dirs, out_dir=None) -> list[Path]:
         seeds = load_confirm_runs(dirs[0])
         if len(seeds):
             paths.append(confirm_seeds(seeds, out / "confirm_seeds.png"))
+        curves = load_curves(dirs[0])
+        if len(curves):
+            paths.append(learning_curves(curves, out / "learning_curves.png"))
     return paths
+
+
+def learning_curves(curves: pd.DataFrame, path: Path) -> Path:
+    """Every run's validation loss against the fraction of its training; the best ok run in red."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ok = curves[curves["status"].eq(State.OK) & curves["objective"].notna()]
+    best_id = ok.loc[ok["objective"].idxmin(), "run_id"] if len(ok) else None
+    labelled = set()
+    for rid, rows in curves.groupby("run_id", sort=False):
+        rows = rows.sort_values("fraction")
+        status = rows["status"].iloc[0]
+        if rid == best_id:
+            continue  # drawn last, on top
+        kind = "pruned" if status == State.PRUNED else "other runs"
+        ax.plot(rows["fraction"], rows["val_loss"], color="C1" if kind == "pruned" else "C0", alpha=0.45, lw=1,
+                ls="--" if kind == "pruned" else "-", marker="x" if kind == "pruned" else None,
+                markevery=[len(rows) - 1], label=None if kind in labelled else kind)
+        labelled.add(kind)
+    if best_id is not None:
+        rows = curves[curves["run_id"] == best_id].sort_values("fraction")
+        ax.plot(rows["fraction"], rows["val_loss"], color="C3", lw=2.5, marker="o", label=f"best: {best_id}")
+    ax.set_xlabel("fraction of training")
+    ax.set_ylabel("validation loss")
+    ax.set_title("Learning curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 def confirm_seeds(runs: pd.DataFrame, path: Path) -> Path:

@@ -23,7 +23,7 @@ COMPARED = ["objective", "val_loss", "mmlu", "train_loss", "train_seconds", "wal
 TOP_COLUMNS = ["order", "rank", "alpha", "alpha_over_rank", "dropout", "lr", "objective", "val_loss", "mmlu",
                "train_loss", "wall_seconds", "cached_hits", "run_id"]
 FIGURE_TITLES = {"best_so_far": "Best objective so far", "parallel_coordinates": "Parallel coordinates",
-                 "confirm_seeds": "Finalists: objective per seed"}
+                 "confirm_seeds": "Finalists: objective per seed", "learning_curves": "Learning curves"}
 
 
 def write_report(experiment_dir, top: int = 5) -> Path:
@@ -46,6 +46,7 @@ def write_report(experiment_dir, top: int = 5) -> Path:
     lines += _top_section(df, top, label)
     lines += _confirm_section(df, config, label)
     lines += _budget_section(df, config)
+    lines += _pruning_section(df, config)
     lines += _spread_section(df, label)
     lines += ["## Figures", ""]
     for path in figures:
@@ -140,7 +141,7 @@ def _budget_section(df, config) -> list[str]:
     hits = int(df["cached_hits"].sum()) if len(df) else 0
     unrecorded = df[df["order"].isna() & df["status"].isin(FINISHED + (State.PRUNED,))] if len(df) else df
     trainings = answered - hits + len(unrecorded)
-    failed = df[df["status"].isin([State.FAILED, State.PRUNED])] if len(df) else df
+    failed = df[df["status"].eq(State.FAILED)] if len(df) else df
     kinds = failed["error_kind"].fillna("unknown").value_counts() if len(failed) else pd.Series(dtype="int64")
     kinds_text = ", ".join(f"{k} {v}" for k, v in kinds.items())
     seconds = _training_seconds(df)
@@ -154,9 +155,47 @@ def _budget_section(df, config) -> list[str]:
               f"- new trainings: {trainings}",
               f"- cached hits (answered from a finished run, no training): {hits}",
               f"- failures: {len(failed)}" + (f" ({kinds_text})" if len(failed) else ""),
+              f"- pruned (stopped early as hopeless): {int(df['status'].eq(State.PRUNED).sum()) if len(df) else 0}",
               f"- wall time of the trainings: {hours:.3g} h",
               f"- {unit}: {device_hours:.3g} (wall hours x processes per evaluation)", ""]
     return lines
+
+
+def _pruning_section(df, config) -> list[str]:
+    saved = pruning_savings(df, config.launch.num_processes)
+    if not saved["pruned"] and not config.pruning.enabled:
+        return []
+    p = config.pruning
+    lines = ["## Pruning", "",
+             f"Rule: from {p.warmup:.0%} of training on, a run whose validation loss at a checkpoint "
+             f"(every {config.train.eval_every:g} of the run) is above the {p.percentile:g}th percentile of the "
+             f"finished runs there (at least {p.min_runs}) stops. Its objective is its last measured validation loss.",
+             "",
+             f"- pruned runs: {saved['pruned']} (at " + (", ".join(f"{f:.0%}" for f in saved["at"]) or "-") + ")",
+             f"- device-hours spent training: {saved['spent_hours']:.3g}",
+             f"- device-hours saved: {saved['saved_hours']:.3g} (what the pruned runs would have taken to the end, "
+             f"from their own speed) = {saved['saved_share']:.0%} of what the search would have cost without pruning",
+             ""]
+    return lines
+
+
+def pruning_savings(df, default_processes: int = 1) -> dict:
+    """Device-hours spent on training, and those the pruned runs did not spend (train_seconds scaled to
+    the whole run by trained_fraction), times the processes of each evaluation."""
+    out = {"pruned": 0, "at": [], "spent_hours": 0.0, "saved_hours": 0.0, "saved_share": 0.0}
+    if df.empty or "train_seconds" not in df:
+        return out
+    seconds = df["train_seconds"].fillna(0.0)
+    processes = df["num_processes"].fillna(default_processes).astype("float64")
+    pruned = df["status"].eq(State.PRUNED)
+    fraction = df["trained_fraction"].where(pruned) if "trained_fraction" in df else pd.Series(float("nan"), df.index)
+    saved = (seconds * (1.0 / fraction - 1.0) * processes).where(pruned & fraction.gt(0), 0.0)
+    spent = (seconds * processes).sum() / 3600
+    out.update(pruned=int(pruned.sum()), at=sorted(df.loc[pruned, "pruned_at"].dropna().tolist()) if "pruned_at" in df
+               else [], spent_hours=spent, saved_hours=saved.sum() / 3600)
+    total = out["spent_hours"] + out["saved_hours"]
+    out["saved_share"] = out["saved_hours"] / total if total else 0.0
+    return out
 
 
 def _training_seconds(df) -> pd.Series:

@@ -17,7 +17,9 @@ Columns are flat (one value per cell) so CSV and Parquet hold the same table:
     objective, val_loss, mmlu, mmlu_<subject>..., train_loss, train_seconds, eval_seconds,
     wall_seconds, tokens_per_second, started, finished (UTC), attempt, device, num_processes,
     slurm_job, slurm_node, slurm_state (launch.executor=slurm), seed, seeds_n, seeds_mean, seeds_std
-    (bbo confirm), then any other number of metrics.json (steps, val_tokens, mmlu_stderr, ...), sorted.
+    (bbo confirm), then any other number of metrics.json (steps, val_tokens, mmlu_stderr, trained_fraction,
+    pruned_at, ...) and the learning curve (val_loss@0.25, val_loss@0.5, ... from curve.json), sorted.
+    The curves one row per checkpoint: load_curves.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 from core.config import ExperimentConfig, load_config
+from core.pruning import key as checkpoint_key
+from core.pruning import read_curve
 from core.store import RunStore, State, read_json
 
 HP = ["rank", "alpha", "alpha_over_rank", "dropout", "lr"]
@@ -166,7 +170,28 @@ def _run_row(config: ExperimentConfig, store: RunStore, rid: str, info: dict | N
     if "objective" not in metrics and state == State.OK and isinstance(first.get("objective"), (int, float)):
         metrics = dict(metrics, objective=first["objective"])  # run folder lost its metrics: the answer has it
     row.update(_metric_columns(metrics))
+    for point in read_curve(run_dir):
+        if isinstance(point.get("fraction"), (int, float)):
+            row[f"val_loss@{checkpoint_key(point['fraction'])}"] = point.get("val_loss")
     return row
+
+
+def load_curves(experiment_dir: str | Path, overrides: list[str] = ()) -> pd.DataFrame:
+    """The learning curves: one row per checkpoint of every run of the search (not its confirmations),
+    columns run_id, status, objective, fraction, step, val_loss, train_loss, seconds."""
+    runs = load_runs(experiment_dir, overrides)
+    store = RunStore(load_config(experiment_dir, overrides).dir)
+    rows = []
+    for run in runs.itertuples():
+        for point in read_curve(store.run_dir(run.run_id)):
+            rows.append({"run_id": run.run_id, "status": run.status, "objective": run.objective,
+                         **{k: point.get(k) for k in ("fraction", "step", "val_loss", "train_loss", "seconds")}})
+    columns = ["run_id", "status", "objective", "fraction", "step", "val_loss", "train_loss", "seconds"]
+    df = pd.DataFrame(rows, columns=columns)
+    for col in columns[3:]:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    df.attrs.update(runs.attrs)
+    return df
 
 
 def hp_columns(hp: dict) -> dict:

@@ -57,10 +57,10 @@ def x0_row(df: pd.DataFrame, x0: list | None = None) -> pd.Series | None:
 
 
 TABLE_COLUMNS = ["experiment", "order", "status", "rank", "alpha", "alpha_over_rank", "dropout", "lr",
-                 "objective", "seeds_mean", "seeds_std", "seeds_n", "val_loss", "mmlu", "train_loss", "wall_seconds",
-                 "cached", "cached_hits", "run_id", "reason"]
+                 "objective", "seeds_mean", "seeds_std", "seeds_n", "val_loss", "mmlu", "mmlu_full", "train_loss",
+                 "curve", "pruned_at", "wall_seconds", "cached", "cached_hits", "run_id", "reason"]
 OPTIONAL_COLUMNS = {"val_loss", "mmlu", "train_loss", "wall_seconds", "cached", "cached_hits", "run_id", "reason",
-                    "seeds_mean", "seeds_std", "seeds_n"}
+                    "seeds_mean", "seeds_std", "seeds_n", "curve", "pruned_at", "mmlu_full"}
 
 
 def _coordinate_columns(df: pd.DataFrame) -> list[str]:
@@ -87,6 +87,11 @@ def table_text(df: pd.DataFrame, top: int | None = None) -> str:
     elif _coordinate_columns(rows):  # NOMAD's coordinates in one compact column
         cols.insert(cols.index("status") + 1 if "status" in cols else 0, "point")
     cols += [c for c in rows.columns if c.startswith("extra_")]
+    curve = sorted((c for c in rows.columns if c.startswith("val_loss@")), key=lambda c: float(c.split("@")[1]))
+    if curve:  # the learning curve in one compact column: val_loss at each checkpoint, the end last
+        rows = rows.assign(curve=rows[curve].apply(lambda r: " ".join(f"{v:.3g}" for v in r if not missing(v)),
+                                                   axis=1))
+        cols.insert(cols.index("pruned_at") if "pruned_at" in cols else len(cols), "curve")
     out = rows.assign(point=_point_text(rows))[cols].copy() if "point" in cols else rows[cols].copy()
     if "reason" in out:
         out["reason"] = out["reason"].map(lambda r: "" if not isinstance(r, str) else r if len(r) <= 40
@@ -97,7 +102,8 @@ def table_text(df: pd.DataFrame, top: int | None = None) -> str:
         out["wall_seconds"] = out["wall_seconds"] / 60
         out = out.rename(columns={"wall_seconds": "wall_min"})
     formats = {"objective": "{:.4f}", "seeds_mean": "{:.4f}", "seeds_std": "{:.2g}", "val_loss": "{:.4f}", "mmlu": "{:.4f}", "train_loss": "{:.4f}",
-               "alpha_over_rank": "{:g}", "dropout": "{:g}", "lr": "{:.3g}", "wall_min": "{:.1f}"}
+               "alpha_over_rank": "{:g}", "dropout": "{:g}", "lr": "{:.3g}", "wall_min": "{:.1f}",
+               "pruned_at": "{:.0%}", "mmlu_full": "{:.4f}"}
     formats.update({c: "{:.4g}" for c in out.columns if c.startswith("extra_")})
     for col, fmt in formats.items():
         if col in out:

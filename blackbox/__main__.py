@@ -69,6 +69,8 @@ def parse_args(argv):
                         "a run folder of its own, -sN in its id; NOMAD never sees it")
     p.add_argument("--retry-failed", action="store_true",
                    help="train again points whose stored run failed (also set by `bbo run --retry-failed`)")
+    p.add_argument("--retry-pruned", action="store_true",
+                   help="train again points whose stored run was pruned (also set by `bbo run --retry-pruned`)")
     p.add_argument("--verbose", "-v", action="store_true", help="print the metrics of each point on stderr")
     return p.parse_args(argv)
 
@@ -111,9 +113,11 @@ def main(argv=None) -> int:
     if args.pointfile:  # NOMAD (our parent: bb.sh execs python) ended or was stopped: so do we
         on_death_of(os.getppid(), orphaned)
     retry_failed = args.retry_failed or os.environ.get("BBO_RETRY_FAILED") == "1"
+    retry_pruned = args.retry_pruned or os.environ.get("BBO_RETRY_PRUNED") == "1"
     try:
         source = "confirm" if confirms else "nomad" if args.pointfile else "hand"
-        outcomes = evaluate_block(config, points, source=source, retry_failed=retry_failed, confirms=confirms)
+        outcomes = evaluate_block(config, points, source=source, retry_failed=retry_failed, confirms=confirms,
+                                  retry_pruned=retry_pruned)
     except ConfigError as e:  # a check before training (hub access, GPUs): nothing was trained
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -121,14 +125,16 @@ def main(argv=None) -> int:
         print(outcome.line(), flush=True)
         if args.verbose or not args.pointfile:
             _explain(outcome, config)
-    return 0 if any(o.state == State.OK for o in outcomes) else 1
+    return 0 if any(o.state != State.FAILED for o in outcomes) else 1
 
 
 def _explain(outcome, config) -> None:
     print(f"run: {RunStore(config.dir).run_dir(outcome.run_id)}", file=sys.stderr)
-    if outcome.state == State.OK:
+    if outcome.state != State.FAILED:
         shown = {k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
         print("  " + "  ".join(f"{k}={v:.6g}" for k, v in shown.items()), file=sys.stderr)
+        if outcome.state == State.PRUNED:
+            print(f"  pruned: {outcome.reason}", file=sys.stderr)
     else:
         print(f"  failed: {outcome.reason}", file=sys.stderr)
 

@@ -24,6 +24,7 @@ from blackbox.work import EvalFailure
 from core.config import ExperimentConfig
 from core.failures import fix_for, read_stop, write_stop
 from core.preflight import check_before_training
+from core.pruning import rule_for as pruning_rule_for
 from core.procs import REPO_ROOT
 from core.store import RunStore, State, run_id, write_json
 
@@ -32,7 +33,7 @@ PACKAGES = ["torch", "transformers", "peft", "accelerate", "datasets", "lm_eval"
 @dataclass
 class Outcome:
     run_id: str
-    state: State  # ok | failed
+    state: State  # ok | failed | pruned (numbers for NOMAD: the last measured validation loss)
     cached: bool
     hp: dict
     metrics: dict = field(default_factory=dict)
@@ -42,7 +43,7 @@ class Outcome:
 
     def line(self) -> str:
         """The line NOMAD reads: numbers, or FAILED (NOMAD then marks only this point as failed)."""
-        if self.state != State.OK or self.outputs is None:
+        if self.state == State.FAILED or self.outputs is None:
             return "FAILED"
         return " ".join(f"{v:.10g}" for v in self.outputs)
 
@@ -50,7 +51,8 @@ class Outcome:
 # ---------------------------------------------------------------- one point
 
 def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, source: str = "nomad",
-             retry_failed: bool = False, gpus: list[str] | None = None, confirms: str | None = None) -> Outcome:
+             retry_failed: bool = False, gpus: list[str] | None = None, confirms: str | None = None,
+             retry_pruned: bool = False) -> Outcome:
     """The answer for one point: stored if this run id finished before, else trained now.
 
     confirms: the run id this evaluation re-trains with config's other train.seed (`bbo confirm`):
@@ -62,7 +64,7 @@ def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, s
     search = search_id()
     with store.lock(rid):  # a second process asking for the same point waits here, then reuses
         done = store.finished(rid)
-        if done and (done["state"] == State.OK or not retry_failed):
+        if _reuse(done, retry_failed, retry_pruned):
             outcome = _stored_outcome(config, store, rid, hp, done)
         elif stopped := _stopped(config, rid, hp, search):  # train nothing more, record nothing
             return stopped
@@ -82,7 +84,8 @@ def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, s
 
 
 def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | None]], *, source: str = "nomad",
-                   retry_failed: bool = False, confirms: list[str] | None = None) -> list[Outcome]:
+                   retry_failed: bool = False, confirms: list[str] | None = None,
+                   retry_pruned: bool = False) -> list[Outcome]:
     """Several points at once, each on its own GPUs (launch.parallel slots of launch.num_processes GPUs).
 
     The checks before training (hub access, GPUs; core/preflight.py) run only when some point
@@ -97,8 +100,7 @@ def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | Non
     stopped = [_stopped(config, rid, hp, search) for rid, (hp, _) in zip(rids, points)]
     if all(stopped):  # a stopped search's NOMAD is being ended (or, under a plain `nomad`, goes on):
         return stopped  # answer at once, without the checks
-    to_train = [rid for rid in rids
-                if not ((done := store.finished(rid)) and (done["state"] == State.OK or not retry_failed))]
+    to_train = [rid for rid in rids if not _reuse(store.finished(rid), retry_failed, retry_pruned)]
     slots = [None]
     if to_train:
         slots, warnings = check_before_training(config)
@@ -113,7 +115,7 @@ def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | Non
         slot = free.get()
         try:
             return evaluate(config, points[i][0], points[i][1], source=source, retry_failed=retry_failed, gpus=slot,
-                            confirms=confirms[i])
+                            confirms=confirms[i], retry_pruned=retry_pruned)
         finally:
             free.put(slot)
 
@@ -121,6 +123,13 @@ def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | Non
         return [work(i) for i in range(len(points))]
     with ThreadPoolExecutor(max_workers=width) as pool:  # points beyond the slots wait for a free one
         return list(pool.map(work, range(len(points))))
+
+
+def _reuse(done: dict | None, retry_failed: bool, retry_pruned: bool) -> bool:
+    """Whether a finished run answers again: an ok one always, a failed or pruned one unless retried."""
+    if not done:
+        return False
+    return {State.OK: True, State.FAILED: not retry_failed, State.PRUNED: not retry_pruned}[State(done["state"])]
 
 
 def _run_id(config: ExperimentConfig, hp: dict, fingerprint: dict, confirms: str | None) -> str:
@@ -174,21 +183,26 @@ def _stop_if_failing(config: ExperimentConfig, store: RunStore, search: str) -> 
 
 
 def _stored_outcome(config, store, rid, hp, status) -> Outcome:
-    if status["state"] != State.OK:
+    if status["state"] == State.FAILED:
         return Outcome(rid, State.FAILED, True, hp, reason=status.get("reason"), error_kind=status.get("error_kind"))
+    state = State(status["state"])
     metrics = store.metrics(rid)
     try:
-        outputs = _outputs(config, metrics)
+        outputs = _outputs(config, metrics, pruned=state == State.PRUNED)
     except EvalFailure as e:  # a stored run that lacks an output this config asks for
         return Outcome(rid, State.FAILED, True, hp, metrics, reason=str(e), error_kind=e.kind)
-    return Outcome(rid, State.OK, True, hp, metrics, outputs)
+    return Outcome(rid, state, True, hp, metrics, outputs, reason=status.get("reason"))
 
 
-def _outputs(config: ExperimentConfig, metrics: dict) -> list[float]:
+def _outputs(config: ExperimentConfig, metrics: dict, pruned: bool = False) -> list[float]:
+    """The numbers for NOMAD. A pruned run measured only some: its objective is its last validation
+    loss, and an extra output it did not measure (MMLU) is nan, which NOMAD records and ignores."""
     values = []
     for name in config.objective.outputs:
         value = metrics.get(name)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
+        if pruned and name != "objective" and value is None:
+            value = math.nan
+        elif not isinstance(value, (int, float)) or not math.isfinite(value):
             raise EvalFailure("metrics", f"output {name} is missing or not finite ({value!r})")
         values.append(float(value))
     return values
@@ -202,18 +216,22 @@ def _run(config, store, rid, hp, point, fingerprint, gpus, confirms=None) -> Out
     executor.release(store.run_dir(rid))  # a job a dead search left running is not trained twice
     run_dir = store.begin(rid, params)
     write_json(run_dir / "provenance.json", _provenance(config))
-    write_json(run_dir / "spec.json", train_spec(config, rid, hp))
+    rule = None if confirms else pruning_rule_for(config, fingerprint)  # a confirmation runs to its end
+    write_json(run_dir / "spec.json", train_spec(config, rid, hp, rule))
     t0 = time.time()
     try:
         metrics = executor.run(config, run_dir, gpus)
-        metrics["objective"] = _objective(config, metrics)
+        pruned = "pruned_at" in metrics
+        metrics["objective"] = metrics["val_loss"] if pruned else _objective(config, metrics)
         metrics["wall_seconds"] = time.time() - t0
-        outputs = _outputs(config, metrics)
+        outputs = _outputs(config, metrics, pruned)
     except EvalFailure as e:
         store.finish(rid, State.FAILED, reason=str(e), error_kind=e.kind, log_tail=e.log_tail)
         return Outcome(rid, State.FAILED, False, hp, reason=f"{e.kind}: {e}", error_kind=e.kind)
-    store.finish(rid, State.OK, metrics=metrics)
-    return Outcome(rid, State.OK, False, hp, metrics, outputs)
+    state = State.PRUNED if pruned else State.OK
+    reason = metrics.get("pruned_reason")
+    store.finish(rid, state, metrics=metrics, reason=reason)
+    return Outcome(rid, state, False, hp, metrics, outputs, reason=reason)
 
 
 def _objective(config, metrics) -> float:
@@ -228,14 +246,16 @@ def _objective(config, metrics) -> float:
 
 # ---------------------------------------------------------------- what a run folder records
 
-def train_spec(config: ExperimentConfig, rid: str, hp: dict) -> dict:
-    """What train.py needs, with every path resolved: the run folder alone reproduces the run."""
+def train_spec(config: ExperimentConfig, rid: str, hp: dict, pruning: dict | None = None) -> dict:
+    """What train.py needs, with every path resolved: the run folder alone reproduces the run.
+    pruning: the rule this run is held to (core/pruning.py rule_for), or None."""
     cfg = config.to_dict()
     cfg["model"]["path"] = config.resolve(config.model.path)
     for source in cfg["data"]["sources"]:
         source["path"] = config.resolve(source["path"])
     return {"run_id": rid, "hp": hp, "model": cfg["model"], "data": cfg["data"], "lora": cfg["lora"],
-            "train": cfg["train"], "objective": cfg["objective"], "cache_dir": str(config.dir / "cache")}
+            "train": cfg["train"], "objective": cfg["objective"], "cache_dir": str(config.dir / "cache"),
+            "pruning": pruning}
 
 
 def _provenance(config: ExperimentConfig) -> dict:
@@ -271,6 +291,9 @@ def _progress(store: RunStore, n: int, outcome: Outcome) -> None:
     what = f"r={hp['rank']} alpha={hp['alpha']:g} dropout={hp['dropout']:g} lr={hp['lr']:.3g}"
     if outcome.state == State.OK:
         result = f"objective {outcome.metrics['objective']:.6g}"
+    elif outcome.state == State.PRUNED:
+        result = (f"pruned at {outcome.metrics.get('pruned_at', 0):.0%} of training "
+                  f"(objective {outcome.metrics['objective']:.6g})")
     else:
         result = f"FAILED ({outcome.reason})"
     tag = " [cached]" if outcome.cached else ""

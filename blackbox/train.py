@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: accelerate runs this as a script
 
 from blackbox import faults  # noqa: E402
+from core import pruning  # noqa: E402
 from core.data import collator_for, load_tokenized  # noqa: E402
 from core.model import load_base, load_tokenizer, resolve_device, run_dtype  # noqa: E402
 from core.procs import on_death_of  # noqa: E402
@@ -115,6 +116,43 @@ def stop_on_divergence(limit: float):
     return StopOnDivergence()
 
 
+def checkpoint_curve(spec: dict, run_dir: Path, val_set, collator):
+    """A callback: validation loss at the checkpoints of train.eval_every, written to curve.json as it
+    goes (a crashed run keeps its curve), and the stop of a run the pruning rule calls hopeless."""
+    from transformers import TrainerCallback
+
+    train_cfg = spec["train"]
+    main_process = int(os.environ.get("RANK", "0")) == 0
+
+    class CheckpointCurve(TrainerCallback):
+        def __init__(self):
+            self.points, self.steps, self.pruned, self.t0 = [], {}, None, time.time()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.steps = pruning.checkpoint_steps(train_cfg["eval_every"], state.max_steps)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            fraction = self.steps.get(state.global_step)
+            if fraction is None:
+                return
+            val = validation_loss(model, val_set, collator, train_cfg["per_device_batch_size"])  # every rank
+            self.add(fraction, state, val["val_loss"])
+            reason = pruning.prune_reason(fraction, val["val_loss"], spec.get("pruning"))
+            if reason:  # every rank sees the same all-reduced loss, so all stop at this step
+                self.pruned = dict(val, fraction=fraction, step=state.global_step, reason=reason)
+                control.should_training_stop = True
+
+        def add(self, fraction, state, val_loss):
+            losses = [e["loss"] for e in state.log_history if "loss" in e]
+            self.points.append({"fraction": fraction, "step": state.global_step, "val_loss": val_loss,
+                                "train_loss": losses[-1] if losses else None, "seconds": time.time() - self.t0})
+            if main_process:
+                write_json(run_dir / pruning.CURVE_FILE, {"eval_every": train_cfg["eval_every"],
+                                                          "points": self.points})
+
+    return CheckpointCurve()
+
+
 def write_error(run_dir: Path, kind: str, message: str) -> None:
     """Every process that fails says why (error.json from rank 0, error.rank<r>.json from the others):
     an OOM on rank 3 is reported as oom, not as the crash the other ranks see after it."""
@@ -155,17 +193,23 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
         t_model = time.time()
 
         phase = "error"
+        curve = checkpoint_curve(spec, run_dir, val_set, collator)
         trainer = Trainer(model=model, args=training_arguments(spec, run_dir, device, precision),
                           train_dataset=train_set, data_collator=collator,
-                          callbacks=[stop_on_divergence(train_cfg["diverge_loss"]), faults.step_callback(fault)]
-                          + list(seams.callbacks))
+                          callbacks=[stop_on_divergence(train_cfg["diverge_loss"]), faults.step_callback(fault),
+                                     curve] + list(seams.callbacks))
         result = trainer.train()
         t_train = time.time()
 
         phase = "eval"  # validation loss on the held-out split (all processes take part)
         faults.at_phase(fault, phase)
-        val = (validation_loss(trainer.model, val_set, collator, train_cfg["per_device_batch_size"])
-               if seams.validate else {"val_loss": math.nan, "val_tokens": 0})
+        if curve.pruned:  # its last checkpoint is its measure; no adapter is kept
+            val = {"val_loss": curve.pruned["val_loss"], "val_tokens": curve.pruned["val_tokens"]}
+        elif seams.validate:
+            val = validation_loss(trainer.model, val_set, collator, train_cfg["per_device_batch_size"])
+            curve.add(1.0, trainer.state, val["val_loss"])
+        else:
+            val = {"val_loss": math.nan, "val_tokens": 0}
     except Diverged as e:
         write_error(run_dir, "diverged", str(e))
         return 3
@@ -179,7 +223,8 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
 
     if int(os.environ.get("RANK", "0")) != 0:  # save from the main process only, metrics last
         return 0
-    trainer.model.save_pretrained(str(run_dir / "adapter"))
+    if not curve.pruned:
+        trainer.model.save_pretrained(str(run_dir / "adapter"))
     tokens = sum(len(ids) for ids in train_set["input_ids"]) * (result.metrics.get("epoch", 1.0) or 1.0)
     metrics = {
         "train_loss": result.training_loss,
@@ -191,7 +236,10 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
         "device": device, "dtype": str(dtype).replace("torch.", ""), "precision": precision,
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "log_history": trainer.state.log_history,
+        "trained_fraction": result.global_step / max(trainer.state.max_steps, 1),
     }
+    if curve.pruned:
+        metrics.update(pruned_at=curve.pruned["fraction"], pruned_reason=curve.pruned["reason"])
     if faults.garbles_metrics(fault):
         (run_dir / "train_result.json").write_text("{not json")
     else:

@@ -42,7 +42,7 @@ def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dic
     timeout = config.launch.timeout_minutes
     deadline = time.time() + timeout * 60 if timeout else None
     metrics = _train(config, run_dir, gpus, deadline)
-    if config.objective.needs_mmlu:
+    if config.objective.needs_mmlu and "pruned_at" not in metrics:  # a pruned run is not worth its MMLU
         metrics.update(_mmlu(config, run_dir, gpus, deadline))
         metrics["eval_seconds"] = metrics.get("eval_seconds", 0.0) + metrics.get("mmlu_seconds", 0.0)
     return metrics

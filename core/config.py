@@ -108,6 +108,7 @@ class TrainConfig:
     seed: int = 42
     logging_steps: int = 10
     diverge_loss: float = 1.0e4  # a logged train loss above this (or NaN/inf) stops the run as diverged
+    eval_every: float | None = 0.25  # validation loss every this fraction of the run (curve.json); None: at the end only
 
     def check(self):
         if self.max_steps <= 0 and self.epochs <= 0:
@@ -122,6 +123,9 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.eval_every is not None and not 0.0 < self.eval_every <= 0.5:
+            raise ConfigError(f"train.eval_every: must be in (0, 0.5] (a fraction of the run) or null, "
+                              f"got {self.eval_every}")
 
 
 @dataclass
@@ -185,7 +189,8 @@ class MmluConfig:
     task: str = "mmlu_local"  # mmlu_local (offline, eval/tasks) or mmlu (lm-eval's stock task, needs the hub)
     data_dir: str | None = None  # MMLU-format dev.jsonl + test.jsonl, for mmlu_local
     num_fewshot: int = 5
-    limit: int | None = None  # questions per subject (None = all)
+    limit: int | None = None  # questions per subject (None = all); with search_limit, what finalists get
+    search_limit: int | None = None  # questions per subject during the search (objective.finalists: the full run after)
     batch_size: int = 8
 
     def check(self):
@@ -199,9 +204,9 @@ class MmluConfig:
             raise error(f"{prefix}task: unknown task {self.task!r}: expected one of {', '.join(MMLU_TASKS)}")
         if isinstance(self.num_fewshot, bool) or not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
             raise error(f"{prefix}num_fewshot: must be an integer >= 0, got {self.num_fewshot!r}")
-        for name in ("limit", "batch_size"):
+        for name in ("limit", "search_limit", "batch_size"):
             value = getattr(self, name)
-            if value is None and name == "limit":
+            if value is None and name != "batch_size":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise error(f"{prefix}{name}: must be a positive integer, got {value!r}")
@@ -236,6 +241,7 @@ class ObjectiveConfig:
     metric: str = "val_loss"  # val_loss (minimised as is) or mmlu (accuracy; NOMAD minimises -mmlu)
     extra_outputs: list[str] = field(default_factory=lambda: ["val_loss", "train_loss", "train_seconds", "eval_seconds"])
     mmlu: MmluConfig = field(default_factory=MmluConfig)
+    finalists: int = 0  # after the search, the k best points get MMLU with mmlu.limit (no retraining)
 
     def check(self):
         _one_of("objective.metric", self.metric, ["val_loss", "mmlu"])
@@ -243,6 +249,11 @@ class ObjectiveConfig:
             _one_of("objective.extra_outputs", name, list(METRICS))
         if self.needs_mmlu:
             self.mmlu.check()
+        if self.finalists < 0:
+            raise ConfigError(f"objective.finalists: must be >= 0 (0 = off), got {self.finalists}")
+        if self.finalists and not self.needs_mmlu:
+            raise ConfigError("objective.finalists: re-evaluates MMLU, but the search measures no MMLU "
+                              "(objective.metric or objective.extra_outputs must name mmlu)")
 
     @property
     def needs_mmlu(self) -> bool:
@@ -287,6 +298,24 @@ class NomadConfig:
 
 
 @dataclass
+class PruningConfig:
+    """Stop hopeless trainings (core/pruning.py): at a checkpoint of train.eval_every, a validation loss
+    worse than the `percentile` of the finished runs' there stops the run as pruned."""
+
+    enabled: bool = False
+    warmup: float = 0.25  # no pruning before this fraction of the run
+    percentile: float = 50.0  # 50 = the median of the finished runs at the same checkpoint
+    min_runs: int = 5  # finished runs needed at a checkpoint before it prunes (Optuna's n_startup_trials)
+
+    def check(self):
+        if not 0.0 <= self.warmup < 1.0:
+            raise ConfigError(f"pruning.warmup: must be in [0, 1), got {self.warmup}")
+        if not 0.0 < self.percentile <= 100.0:
+            raise ConfigError(f"pruning.percentile: must be in (0, 100], got {self.percentile}")
+        _positive("pruning.min_runs", self.min_runs)
+
+
+@dataclass
 class ConfirmConfig:
     top: int = 0  # after the search, train the `top` best points again with other seeds (0: off)
     seeds: int = 2  # more seeds per finalist: train.seed + 1 ... train.seed + seeds
@@ -314,6 +343,7 @@ class ExperimentConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     nomad: NomadConfig = field(default_factory=NomadConfig)
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     description: str = ""
     dir: Path = field(default=Path("."), metadata={"internal": True})  # the experiment folder
@@ -322,8 +352,10 @@ class ExperimentConfig:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise ConfigError(f"name: use letters, digits, '-', '_' or '.', got {self.name!r}")
         for part in (self.model, self.data, self.lora, self.train, self.launch, self.objective, self.nomad,
-                     self.confirm, self.slurm):
+                     self.confirm, self.pruning, self.slurm):
             part.check()
+        if self.pruning.enabled and self.train.eval_every is None:
+            raise ConfigError("pruning.enabled: needs checkpoints: set train.eval_every (e.g. 0.125)")
 
     def resolve(self, path: str | None) -> str | None:
         """A path from the config: relative ones are relative to the experiment folder; hub ids pass through."""
@@ -348,7 +380,8 @@ class ExperimentConfig:
                       "revision": self.model.revision, "quantization": self.model.quantization},
             "data": plain(self.data),
             "lora": plain(self.lora),
-            "train": {k: v for k, v in plain(self.train).items() if k not in ("logging_steps",)},
+            # what is measured along the way, not what is trained: the curve's checkpoints leave the run id as it is
+            "train": {k: v for k, v in plain(self.train).items() if k not in ("logging_steps", "eval_every")},
             "num_processes": self.launch.num_processes,
         }
         # What the files hold, not where they are: a moved or re-cloned checkout reuses its runs,
@@ -357,8 +390,9 @@ class ExperimentConfig:
             self.resolve(s["path"]))} for s in fp["data"]["sources"]]
         if self.objective.needs_mmlu:
             mmlu = plain(self.objective.mmlu)
+            search_limit = mmlu.pop("search_limit")  # the search's runs measured this many; finalists' limit is not theirs
             fp["mmlu"] = {k: v for k, v in mmlu.items() if k != "data_dir"} | {
-                "data": content_identity(self.resolve(mmlu["data_dir"]))}
+                "data": content_identity(self.resolve(mmlu["data_dir"])), "limit": search_limit or mmlu["limit"]}
         return fp
 
     def to_dict(self) -> dict:

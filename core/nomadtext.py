@@ -150,15 +150,33 @@ def read_history(path: str | Path, dimension: int) -> list[dict]:
 
 
 def drop_failed(path: str | Path) -> int:
-    """Remove the failed points from CACHE_FILE, so that NOMAD asks them again (`bbo run --retry-failed`).
+    """Remove the failed points from CACHE_FILE, so that NOMAD asks them again (`bbo run --retry-failed`)."""
+    return _drop_cached(path, lambda x, status: status in FAILED)
 
-    Returns how many were removed. The file is rewritten atomically; other lines are kept as they are.
-    """
+
+def drop_points(path: str | Path, points: list[list[float]]) -> int:
+    """Remove these points from CACHE_FILE (`bbo run --retry-pruned`: NOMAD asks them again)."""
+    wanted = [[float(v) for v in p] for p in points]
+
+    def matches(x, status):
+        try:
+            values = [float(number(v)) for v in x]
+        except (TypeError, ValueError):
+            return False
+        return any(len(p) == len(values) and all(abs(a - b) <= 1e-9 * max(1.0, abs(b)) for a, b in zip(values, p))
+                   for p in wanted)
+
+    return _drop_cached(path, matches) if wanted else 0
+
+
+def _drop_cached(path: str | Path, drop) -> int:
+    """Rewrite CACHE_FILE without the lines for which drop(x, status) holds, atomically; other lines
+    are kept as they are. Returns how many were removed."""
     path = Path(path)
     if not path.exists():
         return 0
     lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if not ((parsed := _cache_line(line)) and parsed[1] in FAILED)]
+    kept = [line for line in lines if not ((parsed := _cache_line(line)) and drop(parsed[0], parsed[1]))]
     if len(kept) != len(lines):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(kept))

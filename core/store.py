@@ -6,7 +6,7 @@
         metrics.json       every measured number (objective, val_loss, mmlu...)  RunStore.finish
         provenance.json    package versions, git commit, host, command           blackbox/evaluate.py
         spec.json          what training needs, every path resolved              blackbox/evaluate.py
-        train_result.json, adapter/, error*.json                                 blackbox/train.py
+        train_result.json, adapter/, curve.json, error*.json                     blackbox/train.py
         mmlu.json                                                                eval/mmlu.py
         train.log, mmlu.log                                                      the child processes' output
     experiments/<name>/evaluations.jsonl   one line per answer the blackbox gave   RunStore.record
@@ -38,13 +38,13 @@ class State(str, enum.Enum):
     RUNNING = "running"  # begun, not finished: a live run holds its lock; a dead one is redone
     OK = "ok"  # finished with every output the config asks for
     FAILED = "failed"  # finished without them: error_kind says how (core/failures.py)
-    PRUNED = "pruned"  # stopped early as hopeless by a pruning rule (none is implemented yet)
+    PRUNED = "pruned"  # stopped early as hopeless by the pruning rule (core/pruning.py); no adapter
 
     def __str__(self) -> str:
         return self.value
 
 
-FINISHED = (State.OK, State.FAILED)  # what finish() may record
+FINISHED = (State.OK, State.FAILED, State.PRUNED)  # what finish() may record
 
 
 def run_id(hp: dict, fingerprint: dict, seed: int | None = None) -> str:
@@ -105,13 +105,13 @@ class RunStore:
     def finished(self, rid: str) -> dict | None:
         """The stored outcome of a run that ended (ok or failed), or None.
 
-        An "ok" run needs a readable metrics.json too; anything else (no status, state
+        An "ok" or "pruned" run needs a readable metrics.json too; anything else (no status, state
         "running" while we hold the lock, garbage files) is an incomplete run.
         """
         status = self.status(rid)
         if not status or status.get("state") not in FINISHED:
             return None
-        if status["state"] == State.OK and not isinstance(read_json(self.run_dir(rid) / "metrics.json"), dict):
+        if status["state"] != State.FAILED and not isinstance(read_json(self.run_dir(rid) / "metrics.json"), dict):
             return None
         return status
 
@@ -139,7 +139,7 @@ class RunStore:
                reason: str | None = None, error_kind: str | None = None, log_tail: str | None = None) -> dict:
         """Record the outcome: metrics first, status last, so "ok" always has its metrics."""
         if state not in FINISHED:
-            raise ValueError(f"finish: state must be ok or failed, got {state}")
+            raise ValueError(f"finish: state must be ok, failed or pruned, got {state}")
         run_dir = self.run_dir(rid)
         if metrics is not None:
             write_json(run_dir / "metrics.json", metrics)
