@@ -13,6 +13,11 @@ BBO_OVERRIDES (the blackbox reads the same variable, so both see one config).
 (the failed ones too with nomad.count_failed), so a search stopped half-way and
 started again ends where an unstopped one would, and a search stopped by a cause
 that was then fixed does not lose its budget to the failures.
+
+No budget is left unused: on an all-integer (granular) space NOMAD stops as soon as its mesh cannot
+be refined, often well before MAX_BB_EVAL. Then NOMAD starts again (`restart_lines`): from the best
+point so far, with the next SEED and a few new Latin-hypercube points, the cache file shared, so
+nothing is evaluated twice, until the budget is spent or three starts in a row find nothing new.
 """
 from __future__ import annotations
 
@@ -27,7 +32,11 @@ from pathlib import Path
 
 from bbo.paramfile import check, render
 from core.config import ConfigError, env_overrides, load_config
-from core.nomadtext import KEEP_FILE, NOMAD_DIR, param_lines, parse_params, read_cache
+from core.failures import read_stop
+from core.nomadtext import FAILED, KEEP_FILE, NOMAD_DIR, param_lines, parse_params, read_cache
+
+MAX_RESTARTS = 50
+OTHER_STOPS = ("MAX_TIME", "MAX_ITERATIONS", "MAX_EVAL", "STOP_IF_FEASIBLE")  # the user's own stop: no restart
 
 
 def prepare_lines(text: str, folder: Path, resume: bool = False, where: str = "param.txt",
@@ -48,6 +57,48 @@ def prepare_lines(text: str, folder: Path, resume: bool = False, where: str = "p
             return None
         lines = [line.text for line in param_lines(text) if line.keyword != "MAX_BB_EVAL"] + [f"MAX_BB_EVAL {budget}"]
     return lines + [f"PROBLEM_DIR {folder}/"]
+
+
+def counted(folder: Path, lines: list[str], count_failed: bool) -> int | None:
+    """How many evaluations in the cache count against MAX_BB_EVAL (None: no CACHE_FILE)."""
+    entries = parse_params("\n".join(lines), strict=False)
+    if "CACHE_FILE" not in entries:
+        return None
+    cached = read_cache(folder / entries["CACHE_FILE"][-1].split()[0])
+    return len([c for c in cached if count_failed or c["status"] not in FAILED])
+
+
+def restart_lines(lines: list[str], folder: Path, spent: int, restart: int, fresh: bool,
+                  count_failed: bool = False) -> list[str] | None:
+    """The lines of NOMAD's next start when it stopped with budget left, else None.
+
+    lines: this invocation's lines (their MAX_BB_EVAL is its budget); spent: the evaluations counted
+    since it began; restart: 1, 2, ...; fresh: whether the last start evaluated anything new.
+    The next start: X0 = the best point of the cache, SEED + restart, MAX_BB_EVAL = what is left,
+    and LH_SEARCH points (a handful; many when the last start found nothing new).
+    """
+    entries = parse_params("\n".join(lines), strict=False)
+    if "CACHE_FILE" not in entries or "MAX_BB_EVAL" not in entries or any(k in entries for k in OTHER_STOPS):
+        return None
+    left = int(entries["MAX_BB_EVAL"][-1]) - spent
+    if left <= 0 or restart > MAX_RESTARTS:
+        return None
+    outputs = entries.get("BB_OUTPUT_TYPE", ["OBJ"])[-1].split()
+    obj = outputs.index("OBJ") if "OBJ" in outputs else 0
+    ok = [c for c in read_cache(folder / entries["CACHE_FILE"][-1].split()[0])
+          if c["status"] == "BB_EVAL_OK" and len(c["outputs"]) > obj and isinstance(c["outputs"][obj], (int, float))
+          and c["outputs"][obj] == c["outputs"][obj]]
+    if not ok:
+        return None
+    best = min(ok, key=lambda c: c["outputs"][obj])["x"]
+    dimension = int(entries["DIMENSION"][-1])
+    seed = int(entries.get("SEED", ["0"])[-1]) + restart
+    # after a start that found nothing new, many: NOMAD evaluates them until MAX_BB_EVAL, skipping cached ones
+    new_points = min(left, max(2, dimension)) if fresh else max(left, 100 * dimension)
+    kept = [line.text for line in param_lines("\n".join(lines))
+            if line.keyword not in ("X0", "SEED", "MAX_BB_EVAL", "LH_SEARCH", "PROBLEM_DIR")]
+    return kept + [f"X0 ( {' '.join(str(v) for v in best)} )", f"SEED {seed}", f"MAX_BB_EVAL {left}",
+                   f"LH_SEARCH {new_points} 0"] + [line for line in lines if line.startswith("PROBLEM_DIR")]
 
 
 def rotate_stale_nomad_files(config) -> None:
@@ -112,7 +163,31 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("BBO_DRIVER_PID", str(os.getpid()))  # blackboxes stop when this search dies
     os.environ.setdefault("BBO_SEARCH_ID", f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    count_failed = bool(config and config.nomad.count_failed)
+    start = counted(folder, lines, count_failed)
     PyNomad.optimizeWithMainStep(lines)
+    if start is None:
+        return 0
+    before, stale = start, 0
+    for restart in range(1, MAX_RESTARTS + 1):
+        if config is not None and read_stop(config.dir, os.environ["BBO_SEARCH_ID"]):
+            return 0  # the search was stopped: `bbo run` says why
+        now = counted(folder, lines, count_failed)
+        fresh = now > before  # did the last start evaluate anything new?
+        stale = 0 if fresh else stale + 1
+        if stale >= 3:
+            print("NOMAD found nothing new to evaluate three times in a row: the points it can reach are evaluated",
+                  file=sys.stderr)
+            return 0
+        before = now
+        more = restart_lines(lines, folder, now - start, restart, fresh, count_failed)
+        if more is None:
+            return 0
+        left = next(line for line in more if line.startswith("MAX_BB_EVAL")).split()[1]
+        print(f"NOMAD stopped with {left} evaluations of its budget left (its mesh cannot be refined further): "
+              f"start {restart + 1} from the best point so far, with new seed and Latin-hypercube points",
+              file=sys.stderr, flush=True)
+        PyNomad.optimizeWithMainStep(more)
     return 0
 
 

@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python -m benchmarks.make_landscape            # the small grid (24 points)
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python -m benchmarks.make_landscape --full     # 3 x 4 x 2 x 4 = 96 points
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python -m benchmarks.make_landscape --curves   # 48 points x 8 checkpoints
     python -m benchmarks.make_landscape --quick                                       # 2 points, a smoke test
 
 Why: a search benchmark on made-up functions only says so much; this one replays
@@ -16,6 +17,9 @@ every finished point, so a stopped run picks up where it was; the CSV is rewritt
 after each point, from the run store, with what is finished so far.
 The CSV starts with `#` lines that say how it was made (command, settings,
 versions, date, machine) and the search space it spans (`# space: {json}`).
+--curves also keeps each run's learning curve (validation loss at 8 checkpoints, train.eval_every
+0.125: columns val_loss@0.125 ... val_loss@1) in benchmarks/data/curves.csv, which
+benchmarks/pruning.py replays.
 """
 from __future__ import annotations
 
@@ -34,7 +38,10 @@ import yaml  # noqa: E402
 
 from benchmarks import REPO  # noqa: E402  (also sets the offline, single-thread defaults)
 from core.config import load_config  # noqa: E402
+from core.pruning import checkpoints, read_curve  # noqa: E402
+from core.pruning import key as checkpoint_key  # noqa: E402
 from core.space import canonical  # noqa: E402
+from core.store import RunStore  # noqa: E402
 
 DEMO = REPO / "experiments" / "demo"
 WORK = REPO / ".cache" / "benchmarks"
@@ -47,13 +54,16 @@ GRIDS = {
     "full": {"ranks": [4, 8, 16], "multiples": [1, 2, 3, 4], "dropouts": [0.0, 0.1],
              "lrs": [1e-3, 10 ** -2.5, 1e-2, 10 ** -1.5], "max_steps": 30},
     "quick": {"ranks": [4], "multiples": [1], "dropouts": [0.0], "lrs": [1e-3, 1e-2], "max_steps": 2},
+    "curves": {"ranks": [4, 8, 16], "multiples": [1, 2], "dropouts": [0.0, 0.1],
+               "lrs": [1e-3, 10 ** -2.5, 1e-2, 10 ** -1.5], "max_steps": 32, "eval_every": 0.125},
 }
 COLUMNS = ["rank", "alpha_multiple", "alpha", "dropout", "lr", "log10_lr", "val_loss", "train_loss",
            "train_seconds", "wall_seconds", "state", "run_id"]
 
 
-def make_experiment(name: str, max_steps: int) -> Path:
-    """A copy of experiments/demo: absolute asset paths, validation loss only, max_steps training steps."""
+def make_experiment(name: str, max_steps: int, eval_every: float | None = None) -> Path:
+    """A copy of experiments/demo: absolute asset paths, validation loss only, max_steps training steps
+    (eval_every: the learning curve's checkpoints, as train.eval_every)."""
     from fixtures import make_assets
 
     make_assets()  # the tiny LLaMA and data of the demo (instant when already generated)
@@ -65,6 +75,8 @@ def make_experiment(name: str, max_steps: int) -> Path:
         source["path"] = str((DEMO / source["path"]).resolve())
     raw["train"]["max_steps"] = max_steps
     raw["train"]["logging_steps"] = max(1, max_steps // 3)
+    if eval_every:
+        raw["train"]["eval_every"] = eval_every
     raw["objective"] = {"metric": "val_loss", "extra_outputs": ["train_loss", "train_seconds"]}
     folder = WORK / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -107,6 +119,7 @@ def header(args, grid: dict, experiment: Path, n_done: int, n_total: int) -> str
         f"command: python -m benchmarks.make_landscape {' '.join(sys.argv[1:])}".rstrip(),
         f"experiment: copy of experiments/demo in {experiment.relative_to(REPO)} (tiny generated LLaMA, "
         f"synthetic Alpaca+Dolly data), train.max_steps={grid['max_steps']}, batch 16, cosine, seed 42, "
+        + (f"train.eval_every={grid['eval_every']} (learning curve), " if grid.get("eval_every") else "") +
         "objective = validation loss",
         f"grid: ranks {grid['ranks']} x alpha multiples {grid['multiples']} x dropouts {grid['dropouts']} "
         f"x lr {[canonical(x) for x in grid['lrs']]}; finished {n_done} of {n_total}",
@@ -127,10 +140,10 @@ def _fixture_stamp() -> str:
     return stamp.read_text().strip() if stamp.exists() else "unknown"
 
 
-def write_csv(path: Path, head: str, rows: list[dict]) -> None:
+def write_csv(path: Path, head: str, rows: list[dict], columns: list[str] = COLUMNS) -> None:
     out = io.StringIO()
     out.write(head)
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     tmp = path.with_suffix(".tmp")
@@ -142,16 +155,21 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--full", action="store_true", help="the 96-point grid (ranks 4,8,16 x k 1..4 x dropout 0,0.1 x 4 lr)")
     p.add_argument("--quick", action="store_true", help="2 points of 2 steps: checks the pipeline")
+    p.add_argument("--curves", action="store_true",
+                   help="48 points with their learning curves (8 checkpoints) -> benchmarks/data/curves.csv")
     p.add_argument("--max-steps", type=int, help="training steps per point (default: the grid's)")
     p.add_argument("--out", help="CSV path (default: benchmarks/data/landscape_<grid>.csv; --quick: .cache/benchmarks/)")
     args = p.parse_args(argv)
 
-    name = "quick" if args.quick else "full" if args.full else "small"
+    name = "quick" if args.quick else "full" if args.full else "curves" if args.curves else "small"
     grid = dict(GRIDS[name])
     if args.max_steps:
         grid["max_steps"] = args.max_steps
-    experiment = make_experiment(f"landscape-{grid['max_steps']}steps", grid["max_steps"])  # grids share runs
-    out = Path(args.out) if args.out else (WORK if args.quick else DATA) / f"landscape_{name}.csv"
+    eval_every = grid.get("eval_every")
+    experiment = make_experiment(f"landscape-{grid['max_steps']}steps", grid["max_steps"], eval_every)  # grids share runs
+    default = DATA / "curves.csv" if args.curves else (WORK if args.quick else DATA) / f"landscape_{name}.csv"
+    out = Path(args.out) if args.out else default
+    columns = COLUMNS + [f"val_loss@{checkpoint_key(f)}" for f in checkpoints(eval_every)] if eval_every else COLUMNS
     out.parent.mkdir(parents=True, exist_ok=True)
     config = load_config(experiment)
     points = grid_points(grid)
@@ -170,9 +188,12 @@ def main(argv=None) -> int:
                      "val_loss": m.get("val_loss"), "train_loss": m.get("train_loss"),
                      "train_seconds": m.get("train_seconds"), "wall_seconds": m.get("wall_seconds"),
                      "state": outcome.state, "run_id": outcome.run_id})
+        if eval_every:
+            for point in read_curve(RunStore(config.dir).run_dir(outcome.run_id)):
+                rows[-1][f"val_loss@{checkpoint_key(point['fraction'])}"] = point["val_loss"]
         print(f"[{i}/{len(points)}] {hp} -> {outcome.state} val_loss={m.get('val_loss')} "
               f"({'cached' if outcome.cached else f'{time.time() - t0:.1f} s'})", file=sys.stderr)
-        write_csv(out, header(args, grid, experiment, len(rows), len(points)), rows)
+        write_csv(out, header(args, grid, experiment, len(rows), len(points)), rows, columns)
     print(f"wrote {out} ({len(rows)} points)")
     return 0 if all(r["state"] == "ok" for r in rows) else 1
 

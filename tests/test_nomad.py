@@ -74,3 +74,37 @@ def test_bad_parameter_file_is_an_error_not_a_crash(fast_experiment, tmp_path):
     assert proc.returncode == 2 and "MAX_BB_EVAL" in proc.stderr and len(proc.stderr.splitlines()) == 1
     proc = run("bbo.nomad", str(tmp_path / "missing.txt"))
     assert proc.returncode == 2 and "no parameter file" in proc.stderr
+
+
+BOWL = """import sys
+x = [float(v) for v in open(sys.argv[1]).read().split()]
+with open(sys.argv[0] + ".asked", "a") as log:
+    log.write(" ".join(f"{v:g}" for v in x) + "\\n")
+print((x[0] - 2) ** 2 + (x[1] - 1) ** 2)
+"""
+
+
+def test_nomad_starts_again_until_the_budget_is_spent_on_an_integer_space(tmp_path):
+    """On a 7 x 7 integer grid NOMAD's mesh bottoms out after ~17 evaluations; the budget is 30."""
+    (tmp_path / "bowl.py").write_text(BOWL)
+    (tmp_path / "param.txt").write_text(f"""DIMENSION 2
+BB_INPUT_TYPE ( I I )
+BB_OUTPUT_TYPE OBJ
+X0 ( 0 0 )
+LOWER_BOUND ( -3 -3 )
+UPPER_BOUND ( 3 3 )
+MAX_BB_EVAL 30
+SEED 0
+BB_EXE "${sys.executable} {tmp_path / 'bowl.py'}"
+CACHE_FILE cache.txt
+DISPLAY_DEGREE 0
+""")
+    proc = run("bbo.nomad", str(tmp_path / "param.txt"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "start 2 from the best point so far" in proc.stderr
+    asked = (tmp_path / "bowl.py.asked").read_text().splitlines()
+    assert len(asked) == 30 and len(set(asked)) == 30  # the whole budget, no point twice
+    assert len(read_cache(tmp_path / "cache.txt")) == 30
+
+    again = run("bbo.nomad", str(tmp_path / "param.txt"), "--resume", timeout=300)  # nothing left to spend
+    assert again.returncode == 0 and len((tmp_path / "bowl.py.asked").read_text().splitlines()) == 30
