@@ -12,7 +12,6 @@ pruning.percentile of their validation losses there, where at least pruning.min_
 The training (blackbox/train.py) compares at each checkpoint from pruning.warmup on and stops
 as pruned above the threshold. The thresholds travel in spec.json, so the rule is the same on a
 GPU slot of this machine and in a Slurm job, and a run's folder says why it was stopped.
-benchmarks/pruning.py replays measured curves through these same functions.
 """
 from __future__ import annotations
 
