@@ -50,9 +50,7 @@ def prepare_lines(text: str, folder: Path, resume: bool = False, where: str = "p
             (folder / value.split()[0]).parent.mkdir(parents=True, exist_ok=True)
     lines = [line.text for line in param_lines(text)]
     if resume and "CACHE_FILE" in entries and "MAX_BB_EVAL" in entries:
-        cached = read_cache(folder / entries["CACHE_FILE"][-1].split()[0])
-        done = len([c for c in cached if count_failed or c["status"] == "BB_EVAL_OK"])
-        budget = int(entries["MAX_BB_EVAL"][-1]) - done
+        budget = int(entries["MAX_BB_EVAL"][-1]) - counted(folder, lines, count_failed)
         if budget <= 0:
             return None
         lines = [line.text for line in param_lines(text) if line.keyword != "MAX_BB_EVAL"] + [f"MAX_BB_EVAL {budget}"]
