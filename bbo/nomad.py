@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from core.failures import read_stop
 from core.nomadtext import FAILED, KEEP_FILE, NOMAD_DIR, param_lines, parse_params, read_cache
 
 MAX_RESTARTS = 50
+RESTART_SUFFIX = ".restart"  # a new start writes its own history file, appended to the search's after it
 OTHER_STOPS = ("MAX_TIME", "MAX_ITERATIONS", "MAX_EVAL", "STOP_IF_FEASIBLE")  # the user's own stop: no restart
 
 
@@ -66,8 +68,7 @@ def counted(folder: Path, lines: list[str], count_failed: bool) -> int | None:
     return len([c for c in cached if count_failed or c["status"] not in FAILED])
 
 
-def restart_lines(lines: list[str], folder: Path, spent: int, restart: int, fresh: bool,
-                  count_failed: bool = False) -> list[str] | None:
+def restart_lines(lines: list[str], folder: Path, spent: int, restart: int, fresh: bool) -> list[str] | None:
     """The lines of NOMAD's next start when it stopped with budget left, else None.
 
     lines: this invocation's lines (their MAX_BB_EVAL is its budget); spent: the evaluations counted
@@ -93,10 +94,22 @@ def restart_lines(lines: list[str], folder: Path, spent: int, restart: int, fres
     seed = int(entries.get("SEED", ["0"])[-1]) + restart
     # after a start that found nothing new, many: NOMAD evaluates them until MAX_BB_EVAL, skipping cached ones
     new_points = min(left, max(2, dimension)) if fresh else max(left, 100 * dimension)
-    kept = [line.text for line in param_lines("\n".join(lines))
-            if line.keyword not in ("X0", "SEED", "MAX_BB_EVAL", "LH_SEARCH", "PROBLEM_DIR")]
-    return kept + [f"X0 ( {' '.join(str(v) for v in best)} )", f"SEED {seed}", f"MAX_BB_EVAL {left}",
+    kept = [line.text for line in param_lines("\n".join(lines)) if line.keyword not in
+            ("X0", "SEED", "MAX_BB_EVAL", "LH_SEARCH", "PROBLEM_DIR", "HISTORY_FILE", "ADD_SEED_TO_FILE_NAMES")]
+    if "HISTORY_FILE" in entries:  # its own file, appended to the first start's (whose name may carry its seed)
+        kept.append(f"HISTORY_FILE {history_name(entries)}{RESTART_SUFFIX}")
+    return kept + ["ADD_SEED_TO_FILE_NAMES no", f"X0 ( {' '.join(str(v) for v in best)} )", f"SEED {seed}", f"MAX_BB_EVAL {left}",
                    f"LH_SEARCH {new_points} 0"] + [line for line in lines if line.startswith("PROBLEM_DIR")]
+
+
+def history_name(entries: dict) -> str:
+    """The history file the first start wrote: NOMAD puts its SEED into the name unless told not to."""
+    name = entries["HISTORY_FILE"][-1].split()[0]
+    if entries.get("ADD_SEED_TO_FILE_NAMES", ["yes"])[-1].strip().lower() in ("no", "false", "0"):
+        return name
+    stem, dot, ext = name.rpartition(".")
+    seed = entries.get("SEED", ["0"])[-1].strip()
+    return f"{stem}.{seed}.{ext}" if dot else f"{name}.{seed}"
 
 
 def rotate_stale_nomad_files(config) -> None:
@@ -161,8 +174,7 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("BBO_DRIVER_PID", str(os.getpid()))  # blackboxes stop when this search dies
     os.environ.setdefault("BBO_SEARCH_ID", f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-    count_failed = bool(config and config.nomad.count_failed)
-    start = counted(folder, lines, count_failed)
+    start = counted(folder, lines, True)  # NOMAD's MAX_BB_EVAL of this invocation counts failed points too
     PyNomad.optimizeWithMainStep(lines)
     if start is None:
         return 0
@@ -170,7 +182,7 @@ def main(argv=None) -> int:
     for restart in range(1, MAX_RESTARTS + 1):
         if config is not None and read_stop(config.dir, os.environ["BBO_SEARCH_ID"]):
             return 0  # the search was stopped: `bbo run` says why
-        now = counted(folder, lines, count_failed)
+        now = counted(folder, lines, True)
         fresh = now > before  # did the last start evaluate anything new?
         stale = 0 if fresh else stale + 1
         if stale >= 3:
@@ -178,15 +190,31 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 0
         before = now
-        more = restart_lines(lines, folder, now - start, restart, fresh, count_failed)
+        more = restart_lines(lines, folder, now - start, restart, fresh)
         if more is None:
             return 0
         left = next(line for line in more if line.startswith("MAX_BB_EVAL")).split()[1]
         print(f"NOMAD stopped with {left} evaluations of its budget left (its mesh cannot be refined further): "
               f"start {restart + 1} from the best point so far, with new seed and Latin-hypercube points",
               file=sys.stderr, flush=True)
-        PyNomad.optimizeWithMainStep(more)
+        rc = _start_again(more, folder)
+        if rc:
+            return rc
     return 0
+
+
+def _start_again(lines: list[str], folder: Path) -> int:
+    """One more NOMAD start, in a process of its own (NOMAD sets up its output files once per process);
+    its history is appended to the search's history file."""
+    proc = subprocess.run([sys.executable, "-c", "import json, sys, PyNomad; "
+                           "PyNomad.optimizeWithMainStep(json.load(sys.stdin))"], input=json.dumps(lines), text=True)
+    entries = parse_params("\n".join(lines), strict=False)
+    part = folder / entries["HISTORY_FILE"][-1].split()[0] if "HISTORY_FILE" in entries else None
+    if part is not None and part.exists():
+        with open(str(part)[:-len(RESTART_SUFFIX)], "a") as history:
+            history.write(part.read_text())
+        part.unlink()
+    return proc.returncode
 
 
 if __name__ == "__main__":

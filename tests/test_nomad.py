@@ -97,6 +97,7 @@ MAX_BB_EVAL 30
 SEED 0
 BB_EXE "${sys.executable} {tmp_path / 'bowl.py'}"
 CACHE_FILE cache.txt
+HISTORY_FILE history.txt
 DISPLAY_DEGREE 0
 """)
     proc = run("bbo.nomad", str(tmp_path / "param.txt"), timeout=300)
@@ -105,6 +106,7 @@ DISPLAY_DEGREE 0
     asked = (tmp_path / "bowl.py.asked").read_text().splitlines()
     assert len(asked) == 30 and len(set(asked)) == 30  # the whole budget, no point twice
     assert len(read_cache(tmp_path / "cache.txt")) == 30
+    assert len(read_history(tmp_path / "history.0.txt", 2)) == 30  # every start's history, in one file (SEED 0's)
 
     again = run("bbo.nomad", str(tmp_path / "param.txt"), "--resume", timeout=300)  # nothing left to spend
     assert again.returncode == 0 and len((tmp_path / "bowl.py.asked").read_text().splitlines()) == 30
