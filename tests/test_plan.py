@@ -171,7 +171,7 @@ def test_demo_counts_real_tokens(tmp_path, assets):
     capped = estimate(load_config(make_experiment(tmp_path / "steps", assets, train={"max_steps": 4})),
                       tokens_per_second=1000.0)
     assert capped.train_tokens == 4 * 16 * 1 * 1 * 96  # steps x batch x accum x processes x max_length
-    assert math.isclose(capped.seconds_per_eval, capped.train_tokens / 1000 + capped.val_tokens / 3000)
+    assert math.isclose(capped.seconds_per_eval, capped.train_tokens / 1000 + 4 * capped.val_tokens / 3000)
 
 
 def test_unknown_hub_model(tmp_path, assets):
