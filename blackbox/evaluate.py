@@ -22,6 +22,7 @@ from pathlib import Path
 from blackbox.executors import executor_for
 from blackbox.work import EvalFailure
 from core.config import ExperimentConfig
+from core.data import chat_template_text
 from core.failures import fix_for, read_stop, write_stop
 from core.preflight import check_before_training
 from core.pruning import rule_for as pruning_rule_for
@@ -253,6 +254,7 @@ def train_spec(config: ExperimentConfig, rid: str, hp: dict, pruning: dict | Non
     cfg["model"]["path"] = config.resolve(config.model.path)
     for source in cfg["data"]["sources"]:
         source["path"] = config.resolve(source["path"])
+    cfg["data"]["chat_template"] = chat_template_text(config.data.chat_template, config.dir)  # the text itself
     return {"run_id": rid, "hp": hp, "model": cfg["model"], "data": cfg["data"], "lora": cfg["lora"],
             "train": cfg["train"], "objective": cfg["objective"], "cache_dir": str(config.dir / "cache"),
             "pruning": pruning}
