@@ -226,12 +226,12 @@ def cmd_plan(args) -> int:
     """The checks every search runs before training, then memory, time and disk; exit 1 if a check
     fails or the largest point does not fit."""
     from bbo.plan import detect_gpus, estimate, parse_gpus
-    from core.preflight import PreflightError, check_hub, check_inputs, gpu_slots
+    from core.preflight import PreflightError, check_hub, check_inputs, check_trackers, gpu_slots
 
     config = load_config(args.experiment, args.overrides)
     gpus = parse_gpus(args.gpus) if args.gpus else None
     problems, notes = [], []
-    for name, check in (("inputs", lambda: check_inputs(config)), ("hub", lambda: notes.extend(check_hub(config)))):
+    for check in (lambda: check_inputs(config), lambda: check_trackers(config), lambda: notes.extend(check_hub(config))):
         try:
             check()
         except PreflightError as e:
