@@ -122,7 +122,7 @@ def stop_on_divergence(limit: float):
 
 def write_progress(run_dir: Path, every_seconds: float = 2.0):
     """A callback: <run dir>/progress.json (step, max_steps, loss, elapsed, ETA) for whoever waits for this
-    run (the blackbox's progress bar, `bbo status`), at most every `every_seconds` and at the end."""
+    run (the blackbox's progress bar, `bbo status`): at each logged loss, every `every_seconds`, at the end."""
     from transformers import TrainerCallback
 
     class WriteProgress(TrainerCallback):
@@ -134,9 +134,10 @@ def write_progress(run_dir: Path, every_seconds: float = 2.0):
             self.t0 = time.time()
             self.write(state)
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # a new loss: shown at once
             if (logs or {}).get("loss") is not None:
                 self.loss = logs["loss"]
+                self.write(state)
 
         def on_step_end(self, args, state, control, **kwargs):
             if time.time() - self.last >= every_seconds:
