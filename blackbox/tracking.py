@@ -2,7 +2,7 @@
 
     python -m bbo run experiments/demo "train.report_to=[tensorboard, mlflow]"
     tensorboard --logdir experiments/demo/tensorboard
-    mlflow ui --backend-store-uri sqlite:///experiments/demo/mlflow.db
+    mlflow ui --backend-store-uri sqlite:///experiments/demo/mlflow.db   (the UI: pip install mlflow)
 
 transformers' integrations (TensorBoardCallback, MLflowCallback, WandbCallback, ...) log the training;
 this module only tells them where and under which name, and adds what they cannot see:
