@@ -181,8 +181,10 @@ def hours_to_target(log: list[tuple], optimum: float) -> tuple[float, bool, int]
 
 # ---------------------------------------------------------------- NOMAD, as search_efficiency drives it
 
-def _nomad_child(csv_path: str, variant: dict, settings: dict | None, seed: int, budget: int, conn) -> None:
-    """One NOMAD run in this (fresh) process; sends each evaluation's log entry to the parent."""
+def _nomad_child(csv_path: str, variant: dict, settings: dict | None, seed: int, budget: int, x0: dict | None,
+                 conn) -> None:
+    """One NOMAD run in this (fresh) process; sends each evaluation's log entry to the parent. x0: another start
+    ({variable: x0 in the space's units}) than the table's space gives."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # NOMAD prints notes on stdout
     import PyNomad
@@ -199,15 +201,17 @@ def _nomad_child(csv_path: str, variant: dict, settings: dict | None, seed: int,
         point.setBBO(str(run.objective).encode())
         return True
 
-    PyNomad.optimize(evaluate, [], [], [], nomad_lines(curves.space, budget, seed, variant))
+    space_dict = {k: dict(v, x0=x0[k]) if x0 and k in x0 else v for k, v in curves.space.items()}
+    PyNomad.optimize(evaluate, [], [], [], nomad_lines(space_dict, budget, seed, variant))
     conn.close()
 
 
-def run_nomad(variant: dict, settings: dict | None, seed: int, budget: int, csv_path: Path = CURVES_CSV) -> list:
+def run_nomad(variant: dict, settings: dict | None, seed: int, budget: int, x0: dict | None = None,
+              csv_path: Path = CURVES_CSV) -> list:
     """The log of one NOMAD search (a fresh process: NOMAD's SEED is reproducible only there)."""
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_nomad_child, args=(str(csv_path), variant, settings, seed, budget, send))
+    proc = ctx.Process(target=_nomad_child, args=(str(csv_path), variant, settings, seed, budget, x0, send))
     proc.start()
     send.close()
     log = []
@@ -275,27 +279,19 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def summarize(logs: list[list], optimum: float) -> dict:
+    """Median and quartiles of the training-hours to 1% (inf: not reached), seeds reaching it, and how many
+    distinct searches (logs up to the target) the seeds made."""
     figures = [hours_to_target(log, optimum) for log in logs]
     hours = [h if reached else math.inf for h, reached, _ in figures]
+    paths = {tuple(log[:t]) if r else tuple(log) for log, (_, r, t) in zip(logs, figures)}
+    reached = [t for _, r, t in figures if r]
     return {"median": quantile(hours, 50), "q1": quantile(hours, 25), "q3": quantile(hours, 75),
-            "reached": sum(r for _, r, _ in figures), "seeds": len(logs), "per_seed": figures,
-            "trainings": statistics.median(t for _, r, t in figures if r) if any(r for _, r, _ in figures)
-            else math.nan}
+            "reached": len(reached), "runs": len(logs), "per_seed": figures, "paths": len(paths),
+            "trainings": statistics.median(reached) if reached else math.nan}
 
 
 def fmt(value: float) -> str:
     return "not reached" if math.isinf(value) else f"{value:.2f}"
-
-
-def measure(variant: dict, settings: dict, seeds: list[int], budget: int, tpe: bool = True) -> dict:
-    """{(method, pruning label): summary} for pruning off and with `settings`."""
-    curves = Curves()
-    out = {}
-    for mode in (None, settings):
-        out[("NOMAD", label(mode))] = summarize([run_nomad(variant, mode, s, budget) for s in seeds], curves.optimum)
-        if tpe:
-            out[("Optuna TPE", label(mode))] = summarize([run_tpe(mode, s, budget) for s in seeds], curves.optimum)
-    return out
 
 
 def ratio(pruned: dict, unpruned: dict) -> float:
@@ -308,52 +304,65 @@ def meets_goal(pruned: dict, unpruned: dict) -> bool:
     return pruned["reached"] >= unpruned["reached"] and ratio(pruned, unpruned) <= GOAL
 
 
-def print_table(results: dict, settings: dict, seeds: list[int], budget: int) -> None:
-    print(f"\n### Pruning {label(settings)} (seeds {seeds[0]}..{seeds[-1]}, budget {budget} evaluations)\n")
-    print("| method | pruning | median training-hours to 1% | IQR | seeds reaching 1% | median trainings to 1% "
-          "| ratio pruned / unpruned |")
-    print("|---|---|---|---|---|---|---|")
-    for method in dict.fromkeys(m for m, _ in results):
-        off, on = results[(method, "off")], results[(method, label(settings))]
-        for mode, s in (("off", off), ("on", on)):
-            r = f"{ratio(on, off):.2f}" if mode == "on" else ""
-            print(f"| {method} | {mode} | {fmt(s['median'])} | {fmt(s['q1'])}-{fmt(s['q3'])} | "
-                  f"{s['reached']}/{s['seeds']} | {s['trainings']:g} | {r} |")
-    off, on = results[("NOMAD", "off")], results[("NOMAD", label(settings))]
-    verdict = "MET" if meets_goal(on, off) else "NOT met"
-    print(f"\nGoal (NOMAD: as many seeds reach 1% with pruning, at <= {GOAL}x the median training-hours): {verdict} "
-          f"(ratio {ratio(on, off):.2f}, {on['reached']} vs {off['reached']} seeds)")
+def grid_starts(curves: Curves) -> list[dict]:
+    """Every grid point as NOMAD's X0, in the space's units (times_rank: the multiplier)."""
+    return [{"rank": r, "alpha": a // r, "dropout": d, "lr": 10 ** x} for r, a, d, x in sorted(curves.curves)]
+
+
+def measure(method: str, settings: dict | None, seeds: list[int], budget: int, variant: dict,
+            starts: list[dict] | None = None) -> dict:
+    """The summary of one method and pruning setting over the seeds (or, with starts, over NOMAD starts at seed
+    seeds[0])."""
+    optimum = Curves().optimum
+    if method == "Optuna TPE":
+        return summarize([run_tpe(settings, s, budget) for s in seeds], optimum)
+    if starts:
+        return summarize([run_nomad(variant, settings, seeds[0], budget, x0) for x0 in starts], optimum)
+    return summarize([run_nomad(variant, settings, s, budget) for s in seeds], optimum)
+
+
+def print_table(title: str, rows: list[tuple[str, dict | None, dict]], baseline: dict) -> None:
+    """rows: (method, settings or None, summary); baseline: {method: its summary with pruning off}."""
+    print(f"\n### {title}\n")
+    print("| method | pruning | median training-hours to 1% | IQR | runs reaching 1% | median trainings to 1% "
+          "| distinct searches | ratio pruned / unpruned | goal |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for method, settings, s in rows:
+        off = baseline[method]
+        r = ("n/a: a median not reached" if math.isinf(ratio(s, off)) else f"{ratio(s, off):.2f}") if settings else ""
+        goal = ("met" if meets_goal(s, off) else "not met") if settings else ""
+        print(f"| {method} | {label(settings)} | {fmt(s['median'])} | {fmt(s['q1'])}-{fmt(s['q3'])} | "
+              f"{s['reached']}/{s['runs']} | {s['trainings']:g} | {s['paths']} | {r} | {goal} |", flush=True)
 
 
 SWEEP = [{"eval_every": e, "warmup": w, "percentile": p, "min_runs": m}
          for e in (0.25, 0.125) for w in (0.25, 0.5) for p in (50.0, 75.0) for m in (5, 3)]
 
 
-def tune(variant: dict, seeds: list[int], budget: int) -> dict | None:
-    """NOMAD with each SWEEP setting on the tuning seeds; the lowest ratio among those that meet the goal."""
-    curves = Curves()
-    print(f"\n## Sweep of pruning settings, NOMAD (tuning seeds {seeds[0]}..{seeds[-1]}, budget {budget})\n")
-    off = summarize([run_nomad(variant, None, s, budget) for s in seeds], curves.optimum)
-    print(f"pruning off: median training-hours {fmt(off['median'])}, {off['reached']}/{off['seeds']} seeds reach 1%\n")
-    print("| pruning settings | median training-hours to 1% | IQR | seeds reaching 1% | ratio pruned / unpruned |")
-    print("|---|---|---|---|---|")
-    best = None
+def tune(variant: dict, seeds: list[int], budget: int) -> list[dict]:
+    """NOMAD with each SWEEP setting on the tuning seeds: those that meet the goal, the lowest ratio first."""
+    off = measure("NOMAD", None, seeds, budget, variant)
+    rows, good = [("NOMAD", None, off)], []
     for settings in SWEEP:
-        on = summarize([run_nomad(variant, settings, s, budget) for s in seeds], curves.optimum)
-        print(f"| {label(settings)} | {fmt(on['median'])} | {fmt(on['q1'])}-{fmt(on['q3'])} | "
-              f"{on['reached']}/{on['seeds']} | {ratio(on, off):.2f} |", flush=True)
-        if meets_goal(on, off) and (best is None or ratio(on, off) < best[0]):
-            best = (ratio(on, off), settings)
-    print(f"\nbest setting meeting the goal on the tuning seeds: {label(best[1]) if best else 'none'}")
-    return best[1] if best else None
+        on = measure("NOMAD", settings, seeds, budget, variant)
+        rows.append(("NOMAD", settings, on))
+        if meets_goal(on, off):
+            good.append((ratio(on, off), SWEEP.index(settings), settings))
+    print_table(f"Sweep of pruning settings, NOMAD (tuning seeds {seeds[0]}..{seeds[-1]}, budget {budget})",
+                rows, {"NOMAD": off})
+    return [settings for *_, settings in sorted(good)]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 seeds, budget 20 (smoke test)")
     p.add_argument("--seeds", type=int, default=20, help="reporting seeds per method (default 20: 100..119)")
-    p.add_argument("--budget", type=int, default=50, help="NOMAD evaluations / TPE distinct trainings (default 50)")
-    p.add_argument("--tune", action="store_true", help="also sweep pruning settings (tuning seeds 0..n-1)")
+    p.add_argument("--budget", type=int, default=100,
+                   help="NOMAD evaluations / TPE distinct trainings (default 100, llama2-7b-valloss's nomad.budget)")
+    p.add_argument("--tune", action="store_true",
+                   help="also sweep pruning settings (tuning seeds 0..n-1) and report those meeting the goal")
+    p.add_argument("--starts", action="store_true",
+                   help="also NOMAD from every grid point as X0 (seed 100): 48 different searches")
     args = p.parse_args(argv)
     budget, n_seeds = (20, 2) if args.quick else (args.budget, args.seeds)
     seeds = list(range(100, 100 + n_seeds))
@@ -362,13 +371,27 @@ def main(argv=None) -> int:
     t0 = time.time()
     print(f"# Pruning on measured learning curves ({curves.path.name}: {len(curves.curves)} points, checkpoints "
           f"{[f'{f:g}' for f in curves.fractions]}); optimum {curves.optimum:.4f} (1% target "
-          f"{curves.optimum * (1 + TARGET):.4f}); NOMAD variant: lh_search {variant['lh_search']}")
+          f"{curves.optimum * (1 + TARGET):.4f}); NOMAD: lh_search {variant['lh_search']}, budget {budget}")
     print(f"paper templates' settings: {label(settings)}")
-    print_table(measure(variant, settings, seeds, budget), settings, seeds, budget)
+    print(f"goal: NOMAD with pruning reaches 1% on as many runs as without, at <= {GOAL}x the median training-hours")
+
+    chosen = [settings]
     if args.tune:
-        best = tune(variant, list(range(n_seeds)), budget)
-        if best:
-            print_table(measure(variant, best, seeds, budget), best, seeds, budget)
+        chosen += [s for s in tune(variant, list(range(n_seeds)), budget) if s != settings]
+    baseline = {m: measure(m, None, seeds, budget, variant) for m in ("NOMAD", "Optuna TPE")}
+    rows = []
+    for method in ("NOMAD", "Optuna TPE"):
+        rows.append((method, None, baseline[method]))
+        rows += [(method, s, measure(method, s, seeds, budget, variant)) for s in chosen]
+    print_table(f"Reporting seeds {seeds[0]}..{seeds[-1]}, budget {budget}: the templates' settings first"
+                + (", then those that met the goal on the tuning seeds" if args.tune else ""), rows, baseline)
+    if args.starts:
+        starts = grid_starts(curves)
+        off = measure("NOMAD", None, seeds, budget, variant, starts)
+        rows = [("NOMAD", None, off)] + [("NOMAD", s, measure("NOMAD", s, seeds, budget, variant, starts))
+                                         for s in chosen[:2]]
+        print_table(f"NOMAD from each of the {len(starts)} grid points as X0 (seed {seeds[0]}, budget {budget})",
+                    rows, {"NOMAD": off})
     print(f"\n({time.time() - t0:.0f} s)")
     return 0
 

@@ -76,6 +76,10 @@ def test_an_eval_every_off_the_table_is_a_clear_error(curves):
 
 def test_nomad_and_tpe_logs_are_consistent(curves):
     settings, variant = bench.template_settings()
+    # X0 at the optimum: NOMAD evaluates it with the 5 Latin-hypercube points (lh_search [5, 0]), first 6 evaluations
+    start = {"rank": 16, "alpha": 2, "dropout": 0.0, "lr": 0.01}
+    hours, reached, trainings = bench.hours_to_target(bench.run_nomad(variant, None, 100, 6, start), curves.optimum)
+    assert reached and hours == trainings <= 6
     for log in (bench.run_nomad(variant, settings, 100, 20), bench.run_tpe(settings, 100, 20)):
         assert log
         for hours, state, objective in log:
@@ -93,6 +97,18 @@ def test_script_quick():
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
     assert "paper templates' settings: eval_every 0.25, warmup 0.25, percentile 50, min_runs 5" in out
-    for row in ("| NOMAD | off |", "| NOMAD | on |", "| Optuna TPE | off |", "| Optuna TPE | on |"):
+    templates = "eval_every 0.25, warmup 0.25, percentile 50, min_runs 5"
+    for row in ("| NOMAD | off |", f"| NOMAD | {templates} |", "| Optuna TPE | off |", f"| Optuna TPE | {templates} |"):
         assert row in out
-    assert "Goal (NOMAD" in out and "/2 |" in out
+    assert "ratio pruned / unpruned" in out and out.count("/2 |") == 4  # runs reaching 1% of 2 seeds, 4 rows
+
+
+def test_grid_starts_are_the_grid(curves):
+    starts = bench.grid_starts(curves)
+    assert len(starts) == 48 and {"rank": 4, "alpha": 1, "dropout": 0.0, "lr": 10 ** -3.0} in starts
+    from core.space import SearchSpace
+
+    space = SearchSpace.from_dict(curves.space)
+    # each start, as NOMAD's X0 (SearchSpace's encoding), decodes to its own grid point
+    assert len({curves.point(space.decode(SearchSpace.from_dict(
+        {k: dict(v, x0=x0[k]) for k, v in curves.space.items()}).x0)) for x0 in starts}) == 48
