@@ -5,6 +5,7 @@
     python -m bbo confirm experiments/demo --top 3 --seeds 2  # the best points again with other seeds
     python -m bbo check experiments/demo                 # validate experiment.yaml and param.txt
     python -m bbo paramfile experiments/demo             # (re)write param.txt and bb.sh from experiment.yaml
+    python -m bbo status experiments/demo                # counts, best so far, running trainings, ETA
     python -m bbo results experiments/demo [--csv F] [--parquet F]
     python -m bbo plot experiments/demo [more experiments ...]
     python -m bbo report experiments/demo
@@ -227,12 +228,12 @@ def cmd_plan(args) -> int:
     """The checks every search runs before training, then memory, time and disk; exit 1 if a check
     fails or the largest point does not fit."""
     from bbo.plan import detect_gpus, estimate, parse_gpus
-    from core.preflight import PreflightError, check_hub, check_inputs, gpu_slots
+    from core.preflight import PreflightError, check_hub, check_inputs, check_trackers, gpu_slots
 
     config = load_config(args.experiment, args.overrides)
     gpus = parse_gpus(args.gpus) if args.gpus else None
     problems, notes = [], []
-    for name, check in (("inputs", lambda: check_inputs(config)), ("hub", lambda: notes.extend(check_hub(config)))):
+    for check in (lambda: check_inputs(config), lambda: check_trackers(config), lambda: notes.extend(check_hub(config))):
         try:
             check()
         except PreflightError as e:
@@ -256,6 +257,13 @@ def cmd_plan(args) -> int:
     print()
     print(plan.text(), end="")
     return 1 if problems or plan.verdict == "does not fit" else 0
+
+
+def cmd_status(args) -> int:
+    from bbo.status import search_status, status_text
+
+    print(status_text(search_status(load_config(args.experiment, args.overrides))))
+    return 0
 
 
 def cmd_results(args) -> int:
@@ -329,6 +337,10 @@ def main(argv=None) -> int:
     s.add_argument("--top", type=int, help="how many of the best points (default: confirm.top, else 3)")
     s.add_argument("--seeds", type=int, help="other seeds per point (default: confirm.seeds)")
     s.set_defaults(fn=cmd_confirm)
+    s = sub.add_parser("status", help="where a search stands: counts, best so far, running trainings, ETA")
+    s.add_argument("experiment")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.set_defaults(fn=cmd_status)
     s = sub.add_parser("results", help="print the table of runs")
     s.add_argument("experiment")
     s.add_argument("--csv")

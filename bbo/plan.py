@@ -69,7 +69,8 @@ core/data.py's cache, the one training uses) x train.epochs; with train.max_step
 max_steps x per_device_batch_size x grad_accum x num_processes x max_length (an upper
 bound). Data or tokenizer on the hub: --train-tokens (tokens in the training split, one
 epoch). Seconds per evaluation = tokens / (tokens_per_second_per_GPU x num_processes)
-+ validation tokens at 1/3 the cost per token (forward only). Per search: x
++ validation tokens at 1/3 the cost per token (forward only), once per checkpoint of
+train.eval_every and at the end. Per search: x
 ceil(nomad.budget / launch.parallel). Tokens/s per GPU: --tokens-per-second, else A100
 2,400 (HF LoRA on Llama-2-7B at seq 1024, LLaMA-Factory's published figure) and H100 twice
 that (a guess, not measured); with these defaults, gradient checkpointing makes training
@@ -303,6 +304,7 @@ class Plan:
     advice: list = field(default_factory=list)
     train_tokens: int | None = None  # per evaluation (all epochs)
     val_tokens: int | None = None
+    val_passes: int = 1  # validation passes per evaluation: train.eval_every's checkpoints and the end
     tokens_source: str = ""
     tokens_per_second: float | None = None  # per GPU
     throughput_source: str = ""
@@ -378,7 +380,7 @@ class Plan:
         lines.append("")
         if self.train_tokens is not None:
             row("tokens per evaluation", f"{self.train_tokens:,} train + {self.val_tokens:,} validation "
-                                         f"({self.tokens_source})")
+                                         f"x {self.val_passes} passes (train.eval_every) ({self.tokens_source})")
         else:
             row("tokens per evaluation", f"unknown: {self.tokens_source}")
         if self.tokens_per_second:
@@ -668,7 +670,11 @@ def _time(plan: Plan, config, gpus: GpuSpec | None, tokens_per_second: float | N
     if plan.train_tokens is None:
         return
     rate = plan.tokens_per_second * config.launch.num_processes
-    plan.seconds_per_eval = plan.train_tokens / rate * factor + (plan.val_tokens or 0) / rate * VAL_COST
+    from core.pruning import checkpoints
+
+    plan.val_passes = len(checkpoints(config.train.eval_every))  # the curve's checkpoints, then the end
+    plan.seconds_per_eval = (plan.train_tokens / rate * factor
+                             + plan.val_passes * (plan.val_tokens or 0) / rate * VAL_COST)
     plan.seconds_per_search = plan.seconds_per_eval * math.ceil(config.nomad.budget / config.launch.parallel)
     if config.objective.needs_mmlu:
         plan.warnings.append("the MMLU evaluation of each point is not included in the time")

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blackbox import tracking
 from blackbox.executors import executor_for
 from blackbox.work import EvalFailure
 from core.adapters import prune as prune_adapters
@@ -109,6 +110,10 @@ def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | Non
         slots, warnings = check_before_training(config)
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
+        try:
+            tracking.prepare(config)
+        except Exception as e:  # noqa: BLE001 - trackers observe; the integration says more when training starts
+            print(f"warning: could not create the MLflow store: {type(e).__name__}: {e}", file=sys.stderr)
     width = max(1, min(len(points), len(slots)))
     free = queue.Queue()  # a point takes a free slot and gives it back: never two points on one slot
     for slot in slots[:width]:
@@ -230,10 +235,12 @@ def _run(config, store, rid, hp, point, fingerprint, gpus, confirms=None) -> Out
         outputs = _outputs(config, metrics, pruned)
     except EvalFailure as e:
         store.finish(rid, State.FAILED, reason=str(e), error_kind=e.kind, log_tail=e.log_tail)
+        tracking.log_final(config, run_dir, hp, None, str(State.FAILED))
         return Outcome(rid, State.FAILED, False, hp, reason=f"{e.kind}: {e}", error_kind=e.kind)
     state = State.PRUNED if pruned else State.OK
     reason = metrics.get("pruned_reason")
     store.finish(rid, state, metrics=metrics, reason=reason)
+    tracking.log_final(config, run_dir, hp, metrics, str(state))  # with MMLU, measured after training
     return Outcome(rid, state, False, hp, metrics, outputs, reason=reason)
 
 
@@ -258,7 +265,7 @@ def train_spec(config: ExperimentConfig, rid: str, hp: dict, pruning: dict | Non
         source["path"] = config.resolve(source["path"])
     return {"run_id": rid, "hp": hp, "model": cfg["model"], "data": cfg["data"], "lora": cfg["lora"],
             "train": cfg["train"], "objective": cfg["objective"], "cache_dir": str(config.dir / "cache"),
-            "pruning": pruning}
+            "pruning": pruning, "experiment": {"name": config.name, "dir": str(config.dir)}}
 
 
 def _provenance(config: ExperimentConfig) -> dict:

@@ -14,10 +14,12 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from core.config import ExperimentConfig
 from core.procs import REPO_ROOT, checkout_env
+from core.progress import PROGRESS_FILE, read_progress
 from core.store import read_json
 
 TRAIN_SCRIPT = REPO_ROOT / "blackbox" / "train.py"
@@ -37,7 +39,8 @@ class EvalFailure(Exception):
 def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dict:
     """Train, then MMLU when the objective needs it; gpus: the CUDA_VISIBLE_DEVICES of this evaluation
     (None: leave it as it is, e.g. what Slurm gave the job). Raises EvalFailure."""
-    for stale in [*run_dir.glob("error*.json"), run_dir / "train_result.json", run_dir / "mmlu.json"]:
+    for stale in [*run_dir.glob("error*.json"), run_dir / "train_result.json", run_dir / "mmlu.json",
+                  run_dir / PROGRESS_FILE]:
         stale.unlink(missing_ok=True)  # a requeued Slurm job starts again in the same folder
     timeout = config.launch.timeout_minutes
     deadline = time.time() + timeout * 60 if timeout else None
@@ -70,7 +73,8 @@ OOM_TEXTS = ("CUDA out of memory", "OutOfMemoryError", "CUDA error: out of memor
 
 
 def _train(config, run_dir: Path, gpus, deadline) -> dict:
-    rc = _run_logged(_launch_command(config, run_dir), run_dir / "train.log", gpus, deadline)
+    with progress_bar(run_dir):
+        rc = _run_logged(_launch_command(config, run_dir), run_dir / "train.log", gpus, deadline)
     errors = [e for e in (read_json(p) for p in sorted(run_dir.glob("error*.json"))) if isinstance(e, dict)]
     if rc != 0 or errors:
         tail = tail_of(run_dir / "train.log")
@@ -88,6 +92,44 @@ def _train(config, run_dir: Path, gpus, deadline) -> dict:
         raise EvalFailure("metrics", "training ended but train_result.json is missing or garbage",
                           tail_of(run_dir / "train.log"))
     return result
+
+
+@contextmanager
+def progress_bar(run_dir: Path, every_seconds: float = 0.5):
+    """While the training child runs: a live bar of its progress.json on stderr (steps, loss, ETA),
+    only when stderr is a terminal (a log file or NOMAD's pipe gets the one line per evaluation)."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    stop = threading.Event()
+    thread = threading.Thread(target=_render_progress, args=(run_dir, stop, every_seconds), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _render_progress(run_dir: Path, stop: threading.Event, every_seconds: float) -> None:
+    from tqdm import tqdm
+
+    bar = None
+    while True:
+        stopping = stop.wait(every_seconds)
+        record = read_progress(run_dir)
+        if record is not None:
+            if bar is None:
+                bar = tqdm(total=record.get("max_steps") or None, desc=run_dir.name[:28], unit="step",
+                           leave=False, dynamic_ncols=True)
+            bar.n = record["step"]
+            loss = record.get("loss")
+            bar.set_postfix_str(f"loss {loss:.4g}" if isinstance(loss, (int, float)) else "", refresh=False)
+            bar.refresh()
+        if stopping:
+            break
+    if bar is not None:
+        bar.close()
 
 
 def _mmlu(config, run_dir: Path, gpus, deadline) -> dict:

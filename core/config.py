@@ -109,9 +109,11 @@ class TrainConfig:
     logging_steps: int = 10
     diverge_loss: float = 1.0e4  # a logged train loss above this (or NaN/inf) stops the run as diverged
     eval_every: float | None = 0.25  # validation loss every this fraction of the run (curve.json); None: at the end only
+    report_to: list[str] | str = field(default_factory=list)  # trackers (transformers' report_to): [tensorboard, mlflow]; "none"
     keep_adapters: str = "all"  # all | best:k (the k best ok runs keep theirs) | none: disk use (core/adapters.py)
 
     def check(self):
+        self.report_to = _trackers(self.report_to)
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ConfigError("train: set train.epochs > 0 or train.max_steps > 0")
         _positive("train.per_device_batch_size", self.per_device_batch_size)
@@ -141,6 +143,23 @@ class TrainConfig:
         if head == "best" and k.isdigit() and int(k) >= 1:
             return int(k)
         raise ConfigError(f"train.keep_adapters: {value!r} is not one of all, best:k (k >= 1), none")
+
+
+# What transformers' TrainingArguments.report_to accepts (INTEGRATION_TO_CALLBACK of transformers 5.23);
+# core/preflight.py knows the package each needs.
+TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb", "comet_ml", "clearml", "neptune", "dvclive", "swanlab",
+            "codecarbon", "dagshub", "azure_ml", "flyte", "kubeflow")
+
+
+def _trackers(value) -> list[str]:
+    """train.report_to as a list of tracker names: "none" is [], a single name is [name]."""
+    names = [] if value == "none" else [value] if isinstance(value, str) else list(value)
+    for name in names:
+        if name == "all":
+            raise ConfigError("train.report_to: name the trackers (e.g. [tensorboard, mlflow]); 'all' would "
+                              "depend on what happens to be installed")
+        _one_of("train.report_to", name, list(TRACKERS))
+    return names
 
 
 @dataclass
@@ -400,10 +419,10 @@ class ExperimentConfig:
                       "revision": self.model.revision, "quantization": self.model.quantization},
             "data": plain(self.data),
             "lora": plain(self.lora),
-            # what is measured along the way, not what is trained: the curve's checkpoints leave the run id as it
-            # is; so does keep_adapters (which adapters stay on disk afterwards)
+            # what is measured along the way, not what is trained: the curve's checkpoints and the trackers
+            # (train.report_to) leave the run id as it is; so does keep_adapters (which adapters stay on disk)
             "train": {k: v for k, v in plain(self.train).items()
-                      if k not in ("logging_steps", "eval_every", "keep_adapters")},
+                      if k not in ("logging_steps", "eval_every", "report_to", "keep_adapters")},
             "num_processes": self.launch.num_processes,
         }
         # What the files hold, not where they are: a moved or re-cloned checkout reuses its runs,
@@ -569,8 +588,13 @@ def _convert(hint, value, key):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, key)
+        inner = [a for a in args if a is not type(None)]
+        for alternative in inner[:-1]:  # e.g. list[str] | str: the first that fits
+            try:
+                return _convert(alternative, value, key)
+            except ConfigError:
+                pass
+        return _convert(inner[-1], value, key)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")

@@ -14,6 +14,8 @@ that names the setting and the fix; nothing is trained and no run folder is made
 - `visible_gpus` / `gpu_slots`: the GPUs torch sees (CUDA_VISIBLE_DEVICES entries: indices,
   UUIDs or MIG ids), split into `launch.parallel` slots of `launch.num_processes`.
 - `slurm_slots`: with launch.executor=slurm, `launch.parallel` jobs in flight; sbatch must be on PATH.
+- `check_trackers`: the package of each tracker in train.report_to is importable; wandb can log
+  (WANDB_API_KEY, or WANDB_MODE=offline).
 """
 from __future__ import annotations
 
@@ -118,6 +120,49 @@ def _hub_problem(key: str, repo_id: str, repo_type: str, revision: str | None) -
     return None, None
 
 
+# ---------------------------------------------------------------- trackers (train.report_to)
+
+# tracker -> (the module transformers looks for, the pip package that provides it)
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow-skinny"),
+    "trackio": ("trackio", "trackio"), "wandb": ("wandb", "wandb"), "comet_ml": ("comet_ml", "comet-ml"),
+    "clearml": ("clearml", "clearml"), "neptune": ("neptune", "neptune"), "dvclive": ("dvclive", "dvclive"),
+    "swanlab": ("swanlab", "swanlab"), "codecarbon": ("codecarbon", "codecarbon"), "dagshub": ("dagshub", "dagshub"),
+    "azure_ml": ("azureml.core", "azureml-core"), "flyte": ("flytekit", "flytekit"), "kubeflow": ("kubeflow", "kubeflow"),
+}
+
+
+def check_trackers(config: ExperimentConfig) -> None:
+    """Every tracker of train.report_to can be used, before a training that would crash on it at its
+    first step. Cheap: packages are found, not imported."""
+    import importlib.util
+
+    for name in config.train.report_to:
+        module, package = TRACKER_PACKAGES[name]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing (azureml) or broken
+            found = False
+        if not found:
+            raise PreflightError(f"train.report_to: {name} needs the {package} package: pip install {package} "
+                                 f"(or remove {name} from train.report_to)")
+        if name == "wandb" and not _wandb_can_log():
+            raise PreflightError("train.report_to: wandb has no API key: set WANDB_API_KEY or run `wandb login`, "
+                                 "or set WANDB_MODE=offline to log to local files only (`wandb sync` later)")
+
+
+def _wandb_can_log() -> bool:
+    """An API key in the environment or from `wandb login` (~/.netrc), or a mode that needs none."""
+    import netrc
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 # ---------------------------------------------------------------- GPUs
 
 def visible_gpus() -> list[str]:
@@ -200,6 +245,7 @@ def check_before_training(config: ExperimentConfig) -> tuple[list[list[str] | No
     if given:
         return json.loads(given), []
     check_inputs(config)
+    check_trackers(config)
     warnings = check_hub(config)
     if config.launch.executor == "slurm":
         return slurm_slots(config), warnings

@@ -114,6 +114,21 @@ class RunStore:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def lock_held(self, rid: str) -> bool:
+        """Whether a live process holds the run's lock now (a run in state "running" whose lock is free
+        was left by a process that died). Never blocks; never creates the lock file."""
+        try:
+            f = open(self.root / f".{rid}.lock")
+        except OSError:
+            return False
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+
     def status(self, rid: str) -> dict | None:
         return read_json(self.run_dir(rid) / "status.json")
 

@@ -114,7 +114,8 @@ def test_time_with_train_tokens_and_default_throughput():
     assert plan.train_tokens == 30_000_000  # x 3 epochs
     assert plan.val_tokens == 2_500_000  # val_fraction 0.2 of the whole
     rate = 2400 * 4
-    assert plan.seconds_per_eval == pytest.approx(30e6 / rate + 2.5e6 / rate / 3)
+    assert plan.val_passes == 4  # train.eval_every 0.25: at 25, 50, 75% and the end
+    assert plan.seconds_per_eval == pytest.approx(30e6 / rate + 4 * 2.5e6 / rate / 3)
     assert plan.seconds_per_search == pytest.approx(plan.seconds_per_eval * 50)
     assert "LLaMA-Factory" in plan.text() and "days" in plan.text()
     h100 = estimate(config, parse_gpus("8xH100-80GB"), train_tokens=10_000_000)
@@ -158,7 +159,8 @@ def test_demo_counts_real_tokens(tmp_path, assets):
     train, val = load_tokenized(data, tokenizer, assets["model"], str(config.dir / "cache"))
     assert plan.train_tokens == sum(len(ids) for ids in train["input_ids"]) > 0  # 1 epoch
     assert plan.val_tokens == sum(len(ids) for ids in val["input_ids"]) > 0
-    assert plan.seconds_per_eval == pytest.approx(plan.train_tokens / 1000 + plan.val_tokens / 1000 / 3)
+    assert plan.val_passes == 4  # the default train.eval_every 0.25
+    assert plan.seconds_per_eval == pytest.approx(plan.train_tokens / 1000 + 4 * plan.val_tokens / 1000 / 3)
     assert plan.seconds_per_search == pytest.approx(plan.seconds_per_eval * 10)
     assert plan.verdict is None and plan.memory["total"] > 1.5  # memory from the local config.json
     assert plan.params == sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM
@@ -169,7 +171,7 @@ def test_demo_counts_real_tokens(tmp_path, assets):
     capped = estimate(load_config(make_experiment(tmp_path / "steps", assets, train={"max_steps": 4})),
                       tokens_per_second=1000.0)
     assert capped.train_tokens == 4 * 16 * 1 * 1 * 96  # steps x batch x accum x processes x max_length
-    assert math.isclose(capped.seconds_per_eval, capped.train_tokens / 1000 + capped.val_tokens / 3000)
+    assert math.isclose(capped.seconds_per_eval, capped.train_tokens / 1000 + 4 * capped.val_tokens / 3000)
 
 
 def test_unknown_hub_model(tmp_path, assets):
