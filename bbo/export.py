@@ -41,10 +41,19 @@ def export(experiment: str | Path, out: str | Path, *, run_id: str | None = None
     runs = load_runs(config.dir)
     rid = _chosen_run(config, runs, run_id, best)
     store = RunStore(config.dir)
+    # The run's lock while its files are read: train.keep_adapters cannot delete the adapter mid-copy.
+    with store.try_lock(rid) as free:
+        if not free:
+            raise ExportError(f"run {rid} is in use by another process (a blackbox training it again or "
+                              "pruning adapters): try again when it is done")
+        return _export(config, runs, store, rid, Path(out).absolute(), merge, force)
+
+
+def _export(config: ExperimentConfig, runs: pd.DataFrame, store: RunStore, rid: str, out: Path, merge: bool,
+            force: bool) -> dict:
     run_dir = store.run_dir(rid)
     adapter = _adapter_of(store, rid)
-    out = Path(out).absolute()  # the card's load command works from any folder
-    _check_out(out, run_dir, force)
+    _check_out(out, run_dir, force)  # out is absolute: the card's load command works from any folder
 
     spec = json.loads((run_dir / "spec.json").read_text())
     metrics = store.metrics(rid) or {}

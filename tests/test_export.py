@@ -15,6 +15,7 @@ from core.adapters import REMOVED_FILE, prune
 from core.config import ConfigError, load_config
 from core.data import collator_for, load_tokenized
 from core.model import load_model, load_tokenizer
+from core.store import RunStore
 from eval.loss import validation_loss
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -126,6 +127,8 @@ def test_search_keeps_best_2_and_their_export_loads_with_peft_and_transformers(t
                                                                                    abs=1e-4)
 
     one_line_error(export(capsys, experiment, "--run", "r4-nope", tmp_path / "x"), "unknown run id")
+    with RunStore(experiment).lock(best_id):  # as a blackbox training it again holds it
+        one_line_error(export(capsys, experiment, "--best", tmp_path / "x"), "in use by another process")
     one_line_error(export(capsys, experiment, "--run", removed_id, tmp_path / "x"), "was removed")
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.export-*"))
 
