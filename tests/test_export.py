@@ -92,6 +92,7 @@ def test_search_keeps_best_2_and_their_export_loads_with_peft_and_transformers(t
     reason = json.loads((experiment / "runs" / removed_id / REMOVED_FILE).read_text())["reason"]
     assert "best:2" in reason and "rank 3 of 3" in reason
     base_path = str(assets["model"])
+    dtype = getattr(torch, runs[best_id]["dtype"])  # the run's dtype: float32 on CPU
 
     out = tmp_path / "best"
     proc = export(capsys, experiment, "--best", out)
@@ -99,12 +100,12 @@ def test_search_keeps_best_2_and_their_export_loads_with_peft_and_transformers(t
     assert best_id in proc.stdout
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= {
         p.name for p in out.iterdir()}
-    assert adapter_dtypes(out) == {getattr(torch, runs[best_id]["dtype"])}  # the run's dtype (float32 on CPU)
+    assert adapter_dtypes(out) == {dtype}
     card = (out / "README.md").read_text()
     for text in (best_id, "rank 1 of 3 ok evaluations", "NOMAD 4 (budget", "val_loss", "alpaca.jsonl",
                  base_path, "PeftModel.from_pretrained"):
         assert text in card, text
-    model = PeftModel.from_pretrained(load_model(base_path, dtype=torch.float32), str(out))
+    model = PeftModel.from_pretrained(load_model(base_path, dtype=dtype), str(out))
     assert val_loss_of(model, experiment, out, tmp_path / "a") == pytest.approx(runs[best_id]["val_loss"], abs=1e-4)
 
     # An existing OUT is a one-line error and stays as it was; --force replaces it (another run here).
@@ -121,7 +122,7 @@ def test_search_keeps_best_2_and_their_export_loads_with_peft_and_transformers(t
     assert (merged / "model.safetensors").is_file() and "AutoModelForCausalLM.from_pretrained" in (
         merged / "README.md").read_text()
     model = AutoModelForCausalLM.from_pretrained(str(merged))
-    assert model.dtype == torch.float32 and not hasattr(model, "peft_config")
+    assert model.dtype == dtype and not hasattr(model, "peft_config")
     model.config.use_cache = False  # as core.model.load_model: packed examples must not attend to each other
     assert val_loss_of(model, experiment, merged, tmp_path / "m") == pytest.approx(runs[best_id]["val_loss"],
                                                                                    abs=1e-4)
