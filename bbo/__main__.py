@@ -9,6 +9,7 @@
     python -m bbo results experiments/demo [--csv F] [--parquet F]
     python -m bbo plot experiments/demo [more experiments ...]
     python -m bbo report experiments/demo
+    python -m bbo export experiments/demo --best out/demo-best [--merge] [--force]   # the adapter out
 """
 from __future__ import annotations
 
@@ -295,6 +296,16 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from bbo.export import export
+
+    done = export(args.experiment, args.out, run_id=args.run, best=args.best, merge=args.merge, force=args.force)
+    what = "merged model" if done["merged"] else "adapter"
+    print(f"wrote {done['out']}: the {what} of run {done['run_id']} (objective {done['objective']:.6g}, "
+          f"{done['dtype']}); how to load it: {done['out'] / 'README.md'}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bbo", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -343,6 +354,15 @@ def main(argv=None) -> int:
     s = sub.add_parser("report", help="write a Markdown report with figures")
     s.add_argument("experiment")
     s.set_defaults(fn=cmd_report)
+    s = sub.add_parser("export", help="write the adapter (or the merged model) of a run to a folder")
+    s.add_argument("experiment")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", metavar="ID", help="the run id (python -m bbo results)")
+    which.add_argument("--best", action="store_true", help="the best ok run of the search")
+    s.add_argument("out", help="the folder to write (must not exist, unless --force)")
+    s.add_argument("--merge", action="store_true", help="a full model: the base with the adapter merged in")
+    s.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    s.set_defaults(fn=cmd_export)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

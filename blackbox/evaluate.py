@@ -22,6 +22,7 @@ from pathlib import Path
 from blackbox import tracking
 from blackbox.executors import executor_for
 from blackbox.work import EvalFailure
+from core.adapters import prune as prune_adapters
 from core.config import ExperimentConfig
 from core.failures import fix_for, read_stop, write_stop
 from core.preflight import check_before_training
@@ -79,6 +80,8 @@ def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, s
         entry.update(confirms=confirms, seed=config.train.seed)
     n = store.record(entry)
     _progress(store, n, outcome)
+    # recorded: the adapters outside the train.keep_adapters best can go (the metrics stay)
+    prune_adapters(config.dir, config.train.adapters_kept, config.train.keep_adapters)
     if outcome.state == State.FAILED and not outcome.cached:
         _stop_if_failing(config, store, search)
     return outcome

@@ -110,6 +110,7 @@ class TrainConfig:
     diverge_loss: float = 1.0e4  # a logged train loss above this (or NaN/inf) stops the run as diverged
     eval_every: float | None = 0.25  # validation loss every this fraction of the run (curve.json); None: at the end only
     report_to: list[str] | str = field(default_factory=list)  # trackers (transformers' report_to): [tensorboard, mlflow]; "none"
+    keep_adapters: str = "all"  # all | best:k (the k best ok runs keep theirs) | none: disk use (core/adapters.py)
 
     def check(self):
         self.report_to = _trackers(self.report_to)
@@ -128,6 +129,20 @@ class TrainConfig:
         if self.eval_every is not None and not 0.0 < self.eval_every <= 0.5:
             raise ConfigError(f"train.eval_every: must be in (0, 0.5] (a fraction of the run) or null, "
                               f"got {self.eval_every}")
+        self.adapters_kept  # noqa: B018 - reading it checks train.keep_adapters
+
+    @property
+    def adapters_kept(self) -> int | None:
+        """How many of the best ok runs keep their adapter: None = all, 0 = none, k for best:k."""
+        value = self.keep_adapters
+        if value == "all":
+            return None
+        if value == "none":
+            return 0
+        head, _, k = str(value).partition(":")
+        if head == "best" and k.isdigit() and int(k) >= 1:
+            return int(k)
+        raise ConfigError(f"train.keep_adapters: {value!r} is not one of all, best:k (k >= 1), none")
 
 
 # What transformers' TrainingArguments.report_to accepts (INTEGRATION_TO_CALLBACK of transformers 5.23);
@@ -373,6 +388,11 @@ class ExperimentConfig:
         for part in (self.model, self.data, self.lora, self.train, self.launch, self.objective, self.nomad,
                      self.confirm, self.pruning, self.slurm):
             part.check()
+        kept = self.train.adapters_kept
+        if self.objective.finalists and kept is not None and kept < self.objective.finalists:
+            raise ConfigError(f"train.keep_adapters: {self.train.keep_adapters} keeps fewer adapters than "
+                              f"objective.finalists: {self.objective.finalists} needs (their MMLU runs on them): "
+                              f"use best:{self.objective.finalists} or all")
         if self.pruning.enabled and self.train.eval_every is None:
             raise ConfigError("pruning.enabled: needs checkpoints: set train.eval_every (e.g. 0.125)")
 
@@ -400,8 +420,9 @@ class ExperimentConfig:
             "data": plain(self.data),
             "lora": plain(self.lora),
             # what is measured along the way, not what is trained: the curve's checkpoints and the trackers
-            # (train.report_to) leave the run id as it is
-            "train": {k: v for k, v in plain(self.train).items() if k not in ("logging_steps", "eval_every", "report_to")},
+            # (train.report_to) leave the run id as it is; so does keep_adapters (which adapters stay on disk)
+            "train": {k: v for k, v in plain(self.train).items()
+                      if k not in ("logging_steps", "eval_every", "report_to", "keep_adapters")},
             "num_processes": self.launch.num_processes,
         }
         # What the files hold, not where they are: a moved or re-cloned checkout reuses its runs,
