@@ -6,7 +6,7 @@
     python -m bbo check experiments/demo                 # validate experiment.yaml and param.txt
     python -m bbo paramfile experiments/demo             # (re)write param.txt and bb.sh from experiment.yaml
     python -m bbo status experiments/demo                # counts, best so far, running trainings, ETA
-    python -m bbo results experiments/demo [--csv F] [--parquet F]
+    python -m bbo results experiments/demo [key=value ...] [--csv F] [--parquet F]   # the search's overrides, if any
     python -m bbo plot experiments/demo [more experiments ...]
     python -m bbo report experiments/demo
     python -m bbo export experiments/demo --best out/demo-best [--merge] [--force]   # the adapter out
@@ -270,7 +270,7 @@ def cmd_results(args) -> int:
     from bbo.results import load_runs
     from bbo.summary import table_text
 
-    frames = load_runs(args.experiment)
+    frames = load_runs(args.experiment, args.overrides)  # the search's overrides: its metric names the objective
     print(table_text(frames, top=args.top))
     if args.csv:
         frames.to_csv(args.csv, index=False)
@@ -343,6 +343,7 @@ def main(argv=None) -> int:
     s.set_defaults(fn=cmd_status)
     s = sub.add_parser("results", help="print the table of runs")
     s.add_argument("experiment")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
     s.add_argument("--csv")
     s.add_argument("--parquet")
     s.add_argument("--top", type=int, default=None)

@@ -687,6 +687,8 @@ def _time(plan: Plan, config, gpus: GpuSpec | None, tokens_per_second: float | N
     plan.seconds_per_search = plan.seconds_per_eval * math.ceil(config.nomad.budget / config.launch.parallel)
     if config.objective.needs_mmlu:
         plan.warnings.append("the MMLU evaluation of each point is not included in the time")
+    if config.objective.needs_rouge:
+        plan.warnings.append("the ROUGE generation of each point is not included in the time")
     timeout = config.launch.timeout_minutes
     if timeout and plan.seconds_per_eval > timeout * 60:
         plan.warnings.append(f"one evaluation is estimated at {plan.seconds_per_eval / 3600:.1f} h, above "

@@ -246,6 +246,35 @@ class MmluConfig:
                 raise error(f"{prefix}{name}: must be a positive integer, got {value!r}")
 
 
+ROUGE_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")  # eval/rouge.py measures all four at once
+VALIDATION_SPLIT = "validation"  # objective.generation.data: the experiment's own held-out split
+
+
+@dataclass
+class GenerationConfig:
+    """ROUGE of greedy generations (do_sample=False, num_beams=1: one answer per prompt, no sampling
+    noise between runs) on held-out instruction/response pairs; eval/rouge.py."""
+
+    data: str | None = VALIDATION_SPLIT  # validation (the experiment's validation split) or a .json/.jsonl file
+    format: str = "alpaca"  # the file's fields (core/data.py FORMATS); the validation split needs none
+    num_examples: int | None = 64  # the first N pairs (the validation split is shuffled already); null: all
+    max_new_tokens: int = 128  # generation stops at the eos token or after this many tokens
+    batch_size: int = 8  # prompts per generate call, left-padded
+    use_stemmer: bool = False  # Porter stemming before matching (rouge_score's option)
+
+    def check(self, metric: str):
+        key = "objective.generation"
+        if not self.data:
+            raise ConfigError(f"{key}.data: {metric} is measured on held-out instruction/response pairs: set it to "
+                              f"{VALIDATION_SPLIT} (the experiment's validation split) or a .json/.jsonl file of pairs")
+        if self.data != VALIDATION_SPLIT and not self.data.endswith((".json", ".jsonl")):
+            raise ConfigError(f"{key}.data: {self.data!r} is neither {VALIDATION_SPLIT} nor a .json/.jsonl file")
+        _one_of(f"{key}.format", self.format, list(FORMATS))
+        _positive(f"{key}.num_examples", self.num_examples, allow_none=True)
+        _positive(f"{key}.max_new_tokens", self.max_new_tokens)
+        _positive(f"{key}.batch_size", self.batch_size)
+
+
 # Every output the blackbox can report, and whether NOMAD should minimise it as is. The sign rule
 # (metric_sign) is applied by ObjectiveConfig and objective_label, and nowhere else.
 METRICS = {
@@ -255,7 +284,7 @@ METRICS = {
     "train_seconds": "minimise",
     "eval_seconds": "minimise",
     "tokens_per_second": "maximise",
-}
+} | {name: "maximise" for name in ROUGE_METRICS}
 
 
 def metric_sign(metric: str) -> float:
@@ -272,13 +301,16 @@ def objective_label(metric: str | None) -> str:
 
 @dataclass
 class ObjectiveConfig:
-    metric: str = "val_loss"  # val_loss (minimised as is) or mmlu (accuracy; NOMAD minimises -mmlu)
+    metric: str = "val_loss"  # val_loss (minimised as is), mmlu or rouge1|rouge2|rougeL|rougeLsum (NOMAD minimises -metric)
     extra_outputs: list[str] = field(default_factory=lambda: ["val_loss", "train_loss", "train_seconds", "eval_seconds"])
     mmlu: MmluConfig = field(default_factory=MmluConfig)
     finalists: int = 0  # after the search, the k best points get MMLU with mmlu.limit (no retraining)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # for the ROUGE metrics
 
     def check(self):
-        _one_of("objective.metric", self.metric, ["val_loss", "mmlu"])
+        _one_of("objective.metric", self.metric, ["val_loss", "mmlu", *ROUGE_METRICS])
+        if self.needs_rouge:
+            self.generation.check(next(m for m in [self.metric, *self.extra_outputs] if m in ROUGE_METRICS))
         for name in self.extra_outputs:
             _one_of("objective.extra_outputs", name, list(METRICS))
         if self.needs_mmlu:
@@ -292,6 +324,10 @@ class ObjectiveConfig:
     @property
     def needs_mmlu(self) -> bool:
         return self.metric == "mmlu" or "mmlu" in self.extra_outputs
+
+    @property
+    def needs_rouge(self) -> bool:
+        return any(name in ROUGE_METRICS for name in [self.metric, *self.extra_outputs])
 
     @property
     def outputs(self) -> list[str]:
@@ -434,6 +470,13 @@ class ExperimentConfig:
             search_limit = mmlu.pop("search_limit")  # the search's runs measured this many; finalists' limit is not theirs
             fp["mmlu"] = {k: v for k, v in mmlu.items() if k != "data_dir"} | {
                 "data": content_identity(self.resolve(mmlu["data_dir"])), "limit": search_limit or mmlu["limit"]}
+        if self.objective.needs_rouge:  # the validation split is in fp["data"]; a file enters by content
+            generation = plain(self.objective.generation)
+            if generation["data"] == VALIDATION_SPLIT:
+                del generation["format"]  # the split's records are already in the common shape
+            else:
+                generation["data"] = content_identity(self.resolve(generation["data"]))
+            fp["generation"] = generation
         return fp
 
     def to_dict(self) -> dict:
