@@ -364,7 +364,13 @@ def main(argv=None) -> int:
     s.add_argument("--merge", action="store_true", help="a full model: the base with the adapter merged in")
     s.add_argument("--force", action="store_true", help="replace OUT if it exists")
     s.set_defaults(fn=cmd_export)
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    # key=value overrides after an option (`plan X --gpus 4xA100 train.epochs=1`): argparse has already
+    # closed the overrides' list at the option; anything else unknown is the usual error
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
     except (ConfigError, ValueError, FileNotFoundError) as e:

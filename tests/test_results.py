@@ -325,6 +325,15 @@ def test_cli_results_top(fake):
     assert len(proc.stdout.strip().splitlines()) == 3
 
 
+def test_cli_overrides_after_an_option(fake):
+    """key=value overrides after an option still reach the config; an unknown option is still an error."""
+    proc = run_cli("bbo", "results", str(fake), "--top", "2", "objective.metric=mmlu")
+    assert proc.returncode == 0, proc.stderr
+    assert "objective (min) = -mmlu" in proc.stdout
+    proc = run_cli("bbo", "results", str(fake), "--top", "2", "--bogus")
+    assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
+
+
 # ---------------------------------------------------------------- a real search
 
 @pytest.mark.slow
