@@ -1,14 +1,14 @@
 """Search efficiency: NOMAD as this project configures it vs Optuna TPE and random search, same landscapes, same budget.
 
     OMP_NUM_THREADS=1 python -m benchmarks.search_efficiency             # 20 seeds x 50 evaluations (~5 min)
-    OMP_NUM_THREADS=1 python -m benchmarks.search_efficiency --tune      # + the NOMAD option sweep (~15 min)
+    OMP_NUM_THREADS=1 python -m benchmarks.search_efficiency --tune      # + the NOMAD option sweep (~15-40 min)
     python -m benchmarks.search_efficiency --quick                       # 2 seeds x 10 evaluations: a smoke test
     OMP_NUM_THREADS=1 python -m benchmarks.search_efficiency --noise 0.0045   # + the tables with seed noise
 
 Why: the project claims NOMAD is a good optimiser for LoRA HPO; this measures it
 against the usual alternatives where each evaluation costs a training run, so
 only the number of evaluations counts. Landscapes (benchmarks/landscapes.py):
-two analytic models of what the literature (and the original's real exp. 3 run)
+five analytic models of what the literature (and the original's real exp. 3 run)
 shows, and a table measured with this project's blackbox on the tiny model
 (benchmarks/data/landscape_*.csv, from benchmarks/make_landscape.py).
 
@@ -64,8 +64,13 @@ VARIANTS = [
     DEFAULT,
     {"label": "LH 5 0", "nomad": {"lh_search": [5, 0]}},
     {"label": "LH 8 0", "nomad": {"lh_search": [8, 0]}},
+    {"label": "LH 3 0", "nomad": {"lh_search": [3, 0]}},
+    {"label": "LH 10 0", "nomad": {"lh_search": [10, 0]}},
     {"label": "LH 5 1", "nomad": {"lh_search": [5, 1]}},
     {"label": "LH 5 0 + ORTHO 2N", "nomad": {"lh_search": [5, 0], "extra_lines": ["DIRECTION_TYPE ORTHO 2N"]}},
+    {"label": "LH 5 0 + N+1 UNI", "nomad": {"lh_search": [5, 0], "extra_lines": ["DIRECTION_TYPE N+1 UNI"]}},
+    {"label": "LH 5 0 + no QUAD", "nomad": {"lh_search": [5, 0], "extra_lines": ["QUAD_MODEL_SEARCH no"]}},
+    {"label": "LH 5 0 + no NM", "nomad": {"lh_search": [5, 0], "extra_lines": ["NM_SEARCH no"]}},
     {"label": "frame 0.3", "nomad": {"initial_frame": 0.3}},
     {"label": "LH 5 0 + frame 0.3", "nomad": {"lh_search": [5, 0], "initial_frame": 0.3}},
     {"label": "frame 0.5", "nomad": {"initial_frame": 0.5}},
