@@ -358,9 +358,13 @@ class NomadConfig:
     extra_lines: list[str] = field(default_factory=list)  # more NOMAD parameter lines, written as given
     count_failed: bool = False  # a resumed search counts its failed evaluations against the budget
     stop_after_failures: int = 3  # the first N evaluations of a search all failing the same way stop it (0: never)
+    initial_frame: float | None = None  # INITIAL_FRAME_SIZE as this fraction of each variable's range (None: NOMAD's)
 
     def check(self):
         _positive("nomad.budget", self.budget)
+        if self.initial_frame is not None and not (isinstance(self.initial_frame, (int, float))
+                                                   and 0 < self.initial_frame <= 1):
+            raise ConfigError(f"nomad.initial_frame: must be a fraction in (0, 1], got {self.initial_frame!r}")
         if self.stop_after_failures < 0:
             raise ConfigError(f"nomad.stop_after_failures: must be >= 0, got {self.stop_after_failures}")
         if self.lh_search is not None and (len(self.lh_search) != 2 or min(self.lh_search) < 0):
