@@ -6,9 +6,10 @@
     python -m bbo check experiments/demo                 # validate experiment.yaml and param.txt
     python -m bbo paramfile experiments/demo             # (re)write param.txt and bb.sh from experiment.yaml
     python -m bbo status experiments/demo                # counts, best so far, running trainings, ETA
-    python -m bbo results experiments/demo [--csv F] [--parquet F]
+    python -m bbo results experiments/demo [key=value ...] [--csv F] [--parquet F]   # the search's overrides, if any
     python -m bbo plot experiments/demo [more experiments ...]
     python -m bbo report experiments/demo
+    python -m bbo export experiments/demo --best out/demo-best [--merge] [--force]   # the adapter out
 """
 from __future__ import annotations
 
@@ -269,7 +270,7 @@ def cmd_results(args) -> int:
     from bbo.results import load_runs
     from bbo.summary import table_text
 
-    frames = load_runs(args.experiment)
+    frames = load_runs(args.experiment, args.overrides)  # the search's overrides: its metric names the objective
     print(table_text(frames, top=args.top))
     if args.csv:
         frames.to_csv(args.csv, index=False)
@@ -292,6 +293,16 @@ def cmd_report(args) -> int:
     from bbo.report import write_report
 
     print(f"wrote {write_report(args.experiment)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from bbo.export import export
+
+    done = export(args.experiment, args.out, run_id=args.run, best=args.best, merge=args.merge, force=args.force)
+    what = "merged model" if done["merged"] else "adapter"
+    print(f"wrote {done['out']}: the {what} of run {done['run_id']} (objective {done['objective']:.6g}, "
+          f"{done['dtype']}); how to load it: {done['out'] / 'README.md'}")
     return 0
 
 
@@ -332,6 +343,7 @@ def main(argv=None) -> int:
     s.set_defaults(fn=cmd_status)
     s = sub.add_parser("results", help="print the table of runs")
     s.add_argument("experiment")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
     s.add_argument("--csv")
     s.add_argument("--parquet")
     s.add_argument("--top", type=int, default=None)
@@ -343,7 +355,22 @@ def main(argv=None) -> int:
     s = sub.add_parser("report", help="write a Markdown report with figures")
     s.add_argument("experiment")
     s.set_defaults(fn=cmd_report)
-    args = p.parse_args(argv)
+    s = sub.add_parser("export", help="write the adapter (or the merged model) of a run to a folder")
+    s.add_argument("experiment")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", metavar="ID", help="the run id (python -m bbo results)")
+    which.add_argument("--best", action="store_true", help="the best ok run of the search")
+    s.add_argument("out", help="the folder to write (must not exist, unless --force)")
+    s.add_argument("--merge", action="store_true", help="a full model: the base with the adapter merged in")
+    s.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    s.set_defaults(fn=cmd_export)
+    args, extra = p.parse_known_args(argv)
+    # key=value overrides after an option (`plan X --gpus 4xA100 train.epochs=1`): argparse has already
+    # closed the overrides' list at the option; anything else unknown is the usual error
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
     except (ConfigError, ValueError, FileNotFoundError) as e:

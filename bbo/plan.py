@@ -75,8 +75,10 @@ ceil(nomad.budget / launch.parallel). Tokens/s per GPU: --tokens-per-second, els
 2,400 (HF LoRA on Llama-2-7B at seq 1024, LLaMA-Factory's published figure) and H100 twice
 that (a guess, not measured); with these defaults, gradient checkpointing makes training
 4/3 as long, and a model of another size scales them by 6.74e9 / N (none beyond 8x).
-Process start, model loading and MMLU are not included. Adapter disk: P x 4 bytes (peft
-saves fp32) x nomad.budget, at the largest rank: an upper bound.
+Process start, model loading and MMLU are not included. Adapter disk: P x 2 bytes (4 for a
+float32 base: adapters are saved in the weights' dtype) per adapter, at the largest rank, x
+nomad.budget, or with train.keep_adapters best:k (none: k = 0) x k + launch.parallel (the
+ones trained but not yet ranked): an upper bound.
 """
 from __future__ import annotations
 
@@ -314,7 +316,9 @@ class Plan:
     seconds_per_eval: float | None = None
     seconds_per_search: float | None = None
     adapter_bytes: int | None = None  # one adapter at the largest rank
-    disk_bytes: int | None = None  # adapters of the whole budget
+    disk_bytes: int | None = None  # adapters on disk at most (the whole budget, or train.keep_adapters')
+    adapters_on_disk: int | None = None
+    keep_adapters: str = "all"
     timeout_minutes: float | None = None
     warnings: list = field(default_factory=list)
 
@@ -400,8 +404,9 @@ class Plan:
         if self.adapter_bytes is not None:
             each = (f"{self.adapter_bytes / GIB:.1f} GiB" if self.adapter_bytes >= GIB
                     else f"{self.adapter_bytes / 2 ** 20:.1f} MiB")
-            row("adapter disk", f"{each} per adapter at rank {self.rank} (fp32), "
-                                f"{self.disk_bytes / GIB:.1f} GiB for nomad.budget {self.budget} (at most)")
+            row("adapter disk", f"{each} per adapter at rank {self.rank} ({self.weights_dtype}), "
+                                f"{self.disk_bytes / GIB:.1f} GiB for {self.adapters_on_disk} adapters (at most; "
+                                f"nomad.budget {self.budget}, train.keep_adapters {self.keep_adapters})")
         if self.warnings:
             lines.append("")
             lines.extend(f"warning: {w}" for w in self.warnings)
@@ -504,8 +509,12 @@ def estimate(config, gpus: GpuSpec | None = None, *, quantization: str | None = 
         plan.memory, plan.memory_checkpointing = mem(gc=False), mem(gc=True)
         if gpus is not None:
             plan.verdict, plan.advice = _verdict(plan, config, mem)
-        plan.adapter_bytes = plan.lora_params * 4
-        plan.disk_bytes = plan.adapter_bytes * config.nomad.budget
+        plan.adapter_bytes = plan.lora_params * dtype_bytes  # saved in the weights' dtype (core.model.save_adapter)
+        kept = config.train.adapters_kept  # pruned after each evaluation: k kept + those not yet ranked
+        plan.adapters_on_disk = config.nomad.budget if kept is None else min(config.nomad.budget,
+                                                                               kept + launch.parallel)
+        plan.keep_adapters = config.train.keep_adapters
+        plan.disk_bytes = plan.adapter_bytes * plan.adapters_on_disk
 
     # ---- tokens and time
     _tokens(plan, config, train_tokens)
@@ -678,6 +687,8 @@ def _time(plan: Plan, config, gpus: GpuSpec | None, tokens_per_second: float | N
     plan.seconds_per_search = plan.seconds_per_eval * math.ceil(config.nomad.budget / config.launch.parallel)
     if config.objective.needs_mmlu:
         plan.warnings.append("the MMLU evaluation of each point is not included in the time")
+    if config.objective.needs_rouge:
+        plan.warnings.append("the ROUGE generation of each point is not included in the time")
     timeout = config.launch.timeout_minutes
     if timeout and plan.seconds_per_eval > timeout * 60:
         plan.warnings.append(f"one evaluation is estimated at {plan.seconds_per_eval / 3600:.1f} h, above "

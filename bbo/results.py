@@ -16,7 +16,8 @@ Columns are flat (one value per cell) so CSV and Parquet hold the same table:
     x_<name> (NOMAD coordinates), rank, alpha, alpha_over_rank, dropout, lr,
     objective, val_loss, mmlu, mmlu_<subject>..., train_loss, train_seconds, eval_seconds,
     wall_seconds, tokens_per_second, started, finished (UTC), attempt, device, num_processes,
-    slurm_job, slurm_node, slurm_state (launch.executor=slurm), seed, seeds_n, seeds_mean, seeds_std
+    slurm_job, slurm_node, slurm_state (launch.executor=slurm), adapter (kept | removed by
+    train.keep_adapters | None: a failed or pruned run never had one), seed, seeds_n, seeds_mean, seeds_std
     (bbo confirm), then any other number of metrics.json (steps, val_tokens, mmlu_stderr, trained_fraction,
     pruned_at, ...) and the learning curve (val_loss@0.25, val_loss@0.5, ... from curve.json), sorted.
     The curves one row per checkpoint: load_curves.
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.adapters import adapter_state
 from core.config import ExperimentConfig, load_config
 from core.pruning import key as checkpoint_key
 from core.pruning import read_curve
@@ -37,14 +39,14 @@ METRIC_COLUMNS = ["objective", "val_loss", "mmlu"]  # then mmlu_<subject>..., th
 TAIL_METRICS = ["train_loss", "train_seconds", "eval_seconds", "wall_seconds", "tokens_per_second"]
 STATUS_COLUMNS = ["run_id", "order", "status", "reason", "error_kind", "cached", "n_answers", "cached_hits", "source"]
 TIME_COLUMNS = ["started", "finished"]
-RUN_EXTRAS = ["attempt", "device", "num_processes", "slurm_job", "slurm_node", "slurm_state"]
+RUN_EXTRAS = ["attempt", "device", "num_processes", "slurm_job", "slurm_node", "slurm_state", "adapter"]
 # Training seed, and for a point re-trained with other seeds (bbo confirm) its objective over all its ok seeds.
 SEED_COLUMNS = ["seed", "seeds_n", "seeds_mean", "seeds_std"]
 # Metrics that are not numbers per run, or are spread into their own columns.
 SKIP_METRICS = {"mmlu_subjects", "device", "dtype", "precision", "lm_eval_version"}
 INT_COLUMNS = {"order", "n_answers", "cached_hits", "rank", "alpha", "attempt", "num_processes", "seed", "seeds_n"}
 STR_COLUMNS = {"run_id", "status", "reason", "error_kind", "source", "device", "experiment", "confirms",
-               "slurm_job", "slurm_node", "slurm_state"}
+               "slurm_job", "slurm_node", "slurm_state", "adapter"}
 
 
 # ---------------------------------------------------------------- run folders
@@ -160,6 +162,7 @@ def _run_row(config: ExperimentConfig, store: RunStore, rid: str, info: dict | N
         "num_processes": metrics.get("world_size") or (params.get("fixed") or {}).get(
             "num_processes", config.launch.num_processes),
         "slurm_job": slurm.get("job_id"), "slurm_node": slurm.get("node"), "slurm_state": slurm.get("state"),
+        "adapter": adapter_state(run_dir),  # kept | removed (train.keep_adapters) | None: never had one
     }
     for name, x in zip(names, point or [None] * len(names)):
         row[f"x_{name}"] = x

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bbo.results import HP, frame_attrs
-from core.config import ExperimentConfig, objective_label
+from core.config import ROUGE_METRICS, ExperimentConfig, objective_label
 from core.store import State
 
 
@@ -57,10 +57,11 @@ def x0_row(df: pd.DataFrame, x0: list | None = None) -> pd.Series | None:
 
 
 TABLE_COLUMNS = ["experiment", "order", "status", "rank", "alpha", "alpha_over_rank", "dropout", "lr",
-                 "objective", "seeds_mean", "seeds_std", "seeds_n", "val_loss", "mmlu", "mmlu_full", "train_loss",
+                 "objective", "seeds_mean", "seeds_std", "seeds_n", "val_loss", "mmlu", "mmlu_full", *ROUGE_METRICS,
+                 "train_loss",
                  "curve", "pruned_at", "wall_seconds", "cached", "cached_hits", "run_id", "reason"]
 OPTIONAL_COLUMNS = {"val_loss", "mmlu", "train_loss", "wall_seconds", "cached", "cached_hits", "run_id", "reason",
-                    "seeds_mean", "seeds_std", "seeds_n", "curve", "pruned_at", "mmlu_full"}
+                    "seeds_mean", "seeds_std", "seeds_n", "curve", "pruned_at", "mmlu_full", *ROUGE_METRICS}
 
 
 def _coordinate_columns(df: pd.DataFrame) -> list[str]:
@@ -104,7 +105,7 @@ def table_text(df: pd.DataFrame, top: int | None = None) -> str:
     formats = {"objective": "{:.4f}", "seeds_mean": "{:.4f}", "seeds_std": "{:.2g}", "val_loss": "{:.4f}", "mmlu": "{:.4f}", "train_loss": "{:.4f}",
                "alpha_over_rank": "{:g}", "dropout": "{:g}", "lr": "{:.3g}", "wall_min": "{:.1f}",
                "pruned_at": "{:.0%}", "mmlu_full": "{:.4f}"}
-    formats.update({c: "{:.4g}" for c in out.columns if c.startswith("extra_")})
+    formats.update({c: "{:.4g}" for c in out.columns if c.startswith("extra_")} | dict.fromkeys(ROUGE_METRICS, "{:.4f}"))
     for col, fmt in formats.items():
         if col in out:
             out[col] = out[col].map(lambda v, f=fmt: "" if missing(v) else f.format(v))

@@ -22,7 +22,8 @@ from pathlib import Path
 from blackbox import tracking
 from blackbox.executors import executor_for
 from blackbox.work import EvalFailure
-from core.config import ExperimentConfig
+from core.adapters import prune as prune_adapters
+from core.config import VALIDATION_SPLIT, ExperimentConfig
 from core.failures import fix_for, read_stop, write_stop
 from core.preflight import check_before_training
 from core.pruning import rule_for as pruning_rule_for
@@ -79,6 +80,8 @@ def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, s
         entry.update(confirms=confirms, seed=config.train.seed)
     n = store.record(entry)
     _progress(store, n, outcome)
+    # recorded: the adapters outside the train.keep_adapters best can go (the metrics stay)
+    prune_adapters(config.dir, config.train.adapters_kept, config.train.keep_adapters)
     if outcome.state == State.FAILED and not outcome.cached:
         _stop_if_failing(config, store, search)
     return outcome
@@ -260,6 +263,8 @@ def train_spec(config: ExperimentConfig, rid: str, hp: dict, pruning: dict | Non
     cfg["model"]["path"] = config.resolve(config.model.path)
     for source in cfg["data"]["sources"]:
         source["path"] = config.resolve(source["path"])
+    if cfg["objective"]["generation"]["data"] != VALIDATION_SPLIT:  # ROUGE's held-out pairs from a file
+        cfg["objective"]["generation"]["data"] = config.resolve(cfg["objective"]["generation"]["data"])
     return {"run_id": rid, "hp": hp, "model": cfg["model"], "data": cfg["data"], "lora": cfg["lora"],
             "train": cfg["train"], "objective": cfg["objective"], "cache_dir": str(config.dir / "cache"),
             "pruning": pruning, "experiment": {"name": config.name, "dir": str(config.dir)}}

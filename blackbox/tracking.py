@@ -29,7 +29,7 @@ from core.store import read_json, write_json
 
 TRACKING_FILE = "tracking.json"  # in the run folder: which tracked runs belong to it (the MLflow run id)
 HPARAMS = ("rank", "alpha", "dropout", "lr")
-FINAL_METRICS = ("val_loss", "objective", "mmlu", "train_loss")
+FINAL_METRICS = ("val_loss", "objective", "mmlu", "rouge1", "rouge2", "rougeL", "rougeLsum", "train_loss")
 
 
 def mlflow_uri(experiment_dir: Path) -> str:

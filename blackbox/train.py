@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 from blackbox import faults, tracking  # noqa: E402
 from core import pruning  # noqa: E402
 from core.data import collator_for, load_tokenized  # noqa: E402
-from core.model import load_base, load_tokenizer, resolve_device, run_dtype  # noqa: E402
+from core.model import load_base, load_tokenizer, resolve_device, run_dtype, save_adapter  # noqa: E402
 from core.procs import on_death_of  # noqa: E402
 from core.progress import PROGRESS_FILE, progress_record  # noqa: E402
 from core.store import write_json  # noqa: E402
@@ -268,7 +268,7 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # save from the main process only, metrics last
         return 0
     if not curve.pruned:
-        trainer.model.save_pretrained(str(run_dir / "adapter"))
+        save_adapter(trainer.model, run_dir / "adapter", dtype)  # in the run's dtype, not peft's fp32
     tokens = sum(len(ids) for ids in train_set["input_ids"]) * (result.metrics.get("epoch", 1.0) or 1.0)
     metrics = {
         "train_loss": result.training_loss,

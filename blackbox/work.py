@@ -1,4 +1,5 @@
-"""The part of an evaluation that needs the GPUs: train (accelerate launch blackbox/train.py), then MMLU.
+"""The part of an evaluation that needs the GPUs: train (accelerate launch blackbox/train.py), then MMLU
+and ROUGE when the objective names them.
 
 `work` runs it in the point's run folder and returns the metrics, or raises EvalFailure with
 the kind of failure. The executor (blackbox/executors.py) decides where: in child processes on
@@ -17,7 +18,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.config import ExperimentConfig
+from core.config import ROUGE_METRICS, ExperimentConfig
 from core.procs import REPO_ROOT, checkout_env
 from core.progress import PROGRESS_FILE, read_progress
 from core.store import read_json
@@ -37,10 +38,10 @@ class EvalFailure(Exception):
 
 
 def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dict:
-    """Train, then MMLU when the objective needs it; gpus: the CUDA_VISIBLE_DEVICES of this evaluation
+    """Train, then MMLU and ROUGE when the objective needs them; gpus: the CUDA_VISIBLE_DEVICES of this evaluation
     (None: leave it as it is, e.g. what Slurm gave the job). Raises EvalFailure."""
     for stale in [*run_dir.glob("error*.json"), run_dir / "train_result.json", run_dir / "mmlu.json",
-                  run_dir / PROGRESS_FILE]:
+                  run_dir / "rouge.json", run_dir / PROGRESS_FILE]:
         stale.unlink(missing_ok=True)  # a requeued Slurm job starts again in the same folder
     timeout = config.launch.timeout_minutes
     deadline = time.time() + timeout * 60 if timeout else None
@@ -48,6 +49,9 @@ def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dic
     if config.objective.needs_mmlu and "pruned_at" not in metrics:  # a pruned run is not worth its MMLU
         metrics.update(_mmlu(config, run_dir, gpus, deadline))
         metrics["eval_seconds"] = metrics.get("eval_seconds", 0.0) + metrics.get("mmlu_seconds", 0.0)
+    if config.objective.needs_rouge and "pruned_at" not in metrics:  # nor its generations
+        metrics.update(_rouge(run_dir, gpus, deadline))
+        metrics["eval_seconds"] = metrics.get("eval_seconds", 0.0) + metrics["rouge_seconds"]
     return metrics
 
 
@@ -159,6 +163,22 @@ def _mmlu(config, run_dir: Path, gpus, deadline) -> dict:
                           tail_of(run_dir / "mmlu.log"))
     result["mmlu_seconds"] = time.time() - t0
     result["mmlu_processes"] = processes
+    return result
+
+
+def _rouge(run_dir: Path, gpus, deadline) -> dict:
+    """Greedy generation + ROUGE in a child (python -m eval.rouge <run dir>: model, adapter, held-out pairs
+    and objective.generation from spec.json), one process on the evaluation's first GPU."""
+    cmd = [sys.executable, "-m", "eval.rouge", str(run_dir), "--out", str(run_dir / "rouge.json"),
+           "--generations", str(run_dir / "generations.jsonl")]
+    t0 = time.time()
+    rc = _run_logged(cmd, run_dir / "rouge.log", gpus[:1] if gpus else gpus, deadline)
+    result = read_json(run_dir / "rouge.json")
+    if rc != 0 or not isinstance(result, dict) or not all(isinstance(result.get(m), (int, float)) for m in ROUGE_METRICS):
+        kind = "oom" if any(text in tail_of(run_dir / "rouge.log", 400) for text in OOM_TEXTS) else "eval"
+        raise EvalFailure(kind, _describe_exit(rc, "ROUGE evaluation") if rc else "ROUGE result missing",
+                          tail_of(run_dir / "rouge.log"))
+    result["rouge_seconds"] = time.time() - t0
     return result
 
 

@@ -7,8 +7,8 @@ settings need would otherwise fail every point of a search, one expensive
 launch at a time. Each check raises PreflightError (a ConfigError) with one line
 that names the setting and the fix; nothing is trained and no run folder is made.
 
-- `check_inputs`: local model, data and MMLU paths exist; local JSON lines data has its
-  format's fields. Cheap (no heavy imports): the blackbox runs it on every call.
+- `check_inputs`: local model, data, MMLU and ROUGE pair files exist; local JSON lines data has
+  its format's fields. Cheap (no heavy imports): the blackbox runs it on every call.
 - `check_hub`: hub ids (model, datasets, the stock MMLU task) are in the local cache when
   HF_HUB_OFFLINE=1, or reachable with the current token otherwise.
 - `visible_gpus` / `gpu_slots`: the GPUs torch sees (CUDA_VISIBLE_DEVICES entries: indices,
@@ -23,7 +23,7 @@ import json
 import os
 from pathlib import Path
 
-from core.config import ConfigError, ExperimentConfig
+from core.config import VALIDATION_SPLIT, ConfigError, ExperimentConfig
 from core.data import FORMATS, is_local
 
 
@@ -34,30 +34,35 @@ class PreflightError(ConfigError):
 # ---------------------------------------------------------------- local inputs
 
 def check_inputs(config: ExperimentConfig) -> None:
-    """Model, data and MMLU paths must exist, and local data must have its format's fields,
+    """Model, data, MMLU and ROUGE pair paths must exist, and local data must have its format's fields,
     before any run folder is made for them (a bad source is a config error, not a failed point)."""
     checks = [("model.path", config.model.path)] + [
         (f"data.sources[{i}].path", s.path) for i, s in enumerate(config.data.sources)]
     if config.objective.needs_mmlu and config.objective.mmlu.data_dir:
         checks.append(("objective.mmlu.data_dir", config.objective.mmlu.data_dir))
+    generation = config.objective.generation
+    pairs = [] if not config.objective.needs_rouge or generation.data == VALIDATION_SPLIT else [
+        ("objective.generation.data", generation.data, generation.format)]
+    checks += [(key, path) for key, path, _ in pairs]
     for key, path in checks:
         resolved = config.resolve(path)
         if is_local(path) and not Path(resolved).exists():
             raise PreflightError(f"{key}: {resolved} does not exist")
-    for i, source in enumerate(config.data.sources):
-        path = config.resolve(source.path)
+    for key, path, fmt in [(f"data.sources[{i}].path", s.path, s.format)
+                           for i, s in enumerate(config.data.sources)] + pairs:
+        path = config.resolve(path)
         if path.endswith(".jsonl") and Path(path).is_file():
             with open(path) as f:
                 first = next((line for line in f if line.strip()), "")
             try:
                 row = json.loads(first)
             except ValueError:
-                raise PreflightError(f"data.sources[{i}].path: {path} is not JSON lines") from None
-            needed = [FORMATS[source.format][0], FORMATS[source.format][2]]
+                raise PreflightError(f"{key}: {path} is not JSON lines") from None
+            needed = [FORMATS[fmt][0], FORMATS[fmt][2]]
             missing = [k for k in needed if not isinstance(row, dict) or k not in row]
             if missing:
-                raise PreflightError(f"data.sources[{i}]: {path} has no {missing[0]!r} field "
-                                     f"(format {source.format} needs {', '.join(needed)})")
+                raise PreflightError(f"{key}: {path} has no {missing[0]!r} field "
+                                     f"(format {fmt} needs {', '.join(needed)})")
 
 
 # ---------------------------------------------------------------- the Hugging Face hub
