@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.landscapes import DATA, Tabulated  # noqa: E402
-from benchmarks.search_efficiency import TARGET, nomad_lines, suggest  # noqa: E402
+from benchmarks.search_efficiency import TARGET, TUNE_SEEDS, nomad_lines, suggest  # noqa: E402
 from core import pruning  # noqa: E402
 from core.config import load_config  # noqa: E402
 from core.space import SearchSpace  # noqa: E402
@@ -86,14 +86,16 @@ def template_settings() -> tuple[dict, dict]:
     for path in TEMPLATES:
         c = load_config(path)
         found.add((c.pruning.enabled, c.train.eval_every, c.pruning.warmup, c.pruning.percentile,
-                   c.pruning.min_runs, tuple(c.nomad.lh_search or ()), tuple(c.nomad.extra_lines)))
+                   c.pruning.min_runs, tuple(c.nomad.lh_search or ()), tuple(c.nomad.extra_lines),
+                   c.nomad.initial_frame))
     if len(found) != 1:
         raise SystemExit(f"error: the paper templates differ in pruning/nomad settings: {sorted(found)}")
-    enabled, eval_every, warmup, percentile, min_runs, lh, extra = found.pop()
+    enabled, eval_every, warmup, percentile, min_runs, lh, extra, frame = found.pop()
     if not enabled:
         raise SystemExit("error: the paper templates have pruning.enabled false")
     settings = {"eval_every": eval_every, "warmup": warmup, "percentile": percentile, "min_runs": min_runs}
-    variant = {"label": "templates", "lh_search": list(lh) or None, "extra_lines": list(extra)}
+    nomad = {"lh_search": list(lh) or None, "extra_lines": list(extra), "initial_frame": frame}
+    variant = {"label": "templates", "nomad": {k: v for k, v in nomad.items() if v}}
     return settings, variant
 
 
@@ -183,11 +185,18 @@ def hours_to_target(log: list[tuple], optimum: float) -> tuple[float, bool, int]
 
 def _nomad_child(csv_path: str, variant: dict, settings: dict | None, seed: int, budget: int, x0: dict | None,
                  conn) -> None:
-    """One NOMAD run in this (fresh) process; sends each evaluation's log entry to the parent. x0: another start
-    ({variable: x0 in the space's units}) than the table's space gives."""
+    """One NOMAD search in this (fresh) process; sends each evaluation's log entry to the parent. As
+    search_efficiency (and `python -m bbo.nomad`) runs it: when NOMAD stops with budget left, it starts again from
+    the best point (bbo.nomad.start_again_until_spent), the cache file shared. x0: another start ({variable: x0 in
+    the space's units}) than the table's space gives."""
+    import tempfile
+
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # NOMAD prints notes on stdout
+    os.dup2(devnull, 2)  # and the driver its restart notes on stderr (a crash shows in the exit code)
     import PyNomad
+
+    from bbo.nomad import start_again_until_spent
 
     curves = Curves(Path(csv_path))
     space = SearchSpace.from_dict(curves.space)
@@ -201,14 +210,23 @@ def _nomad_child(csv_path: str, variant: dict, settings: dict | None, seed: int,
         point.setBBO(str(run.objective).encode())
         return True
 
+    def start(lines):
+        PyNomad.optimize(evaluate, [], [], [], lines)
+        return 0
+
     space_dict = {k: dict(v, x0=x0[k]) if x0 and k in x0 else v for k, v in curves.space.items()}
-    PyNomad.optimize(evaluate, [], [], [], nomad_lines(space_dict, budget, seed, variant))
+    with tempfile.TemporaryDirectory() as folder:
+        lines = nomad_lines(space_dict, budget, seed, variant) + [f"CACHE_FILE {folder}/cache.txt"]
+        start(lines)
+        start_again_until_spent(lines, Path(folder), 0, start)
     conn.close()
 
 
 def run_nomad(variant: dict, settings: dict | None, seed: int, budget: int, x0: dict | None = None,
               csv_path: Path = CURVES_CSV) -> list:
-    """The log of one NOMAD search (a fresh process: NOMAD's SEED is reproducible only there)."""
+    """The log of one NOMAD search (a fresh process: NOMAD's SEED is reproducible only there), up to its
+    `budget`-th training: a point asked again (snapped to a grid point already trained) is not counted, as
+    search_efficiency counts it."""
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_nomad_child, args=(str(csv_path), variant, settings, seed, budget, x0, send))
@@ -223,7 +241,18 @@ def run_nomad(variant: dict, settings: dict | None, seed: int, budget: int, x0: 
     proc.join()
     if proc.exitcode != 0:
         raise SystemExit(f"error: NOMAD crashed (seed {seed}, exit code {proc.exitcode})")
-    return log[:budget]
+    return first_trainings(log, budget)
+
+
+def first_trainings(log: list, budget: int) -> list:
+    """The log up to (and with) its budget-th training; the free answers after it are dropped."""
+    out, trainings = [], 0
+    for entry in log:
+        if trainings == budget:
+            break
+        out.append(entry)
+        trainings += entry[0] > 0
+    return out
 
 
 # ---------------------------------------------------------------- Optuna TPE with its MedianPruner
@@ -356,28 +385,30 @@ def tune(variant: dict, seeds: list[int], budget: int) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 seeds, budget 20 (smoke test)")
-    p.add_argument("--seeds", type=int, default=20, help="reporting seeds per method (default 20: 100..119)")
+    p.add_argument("--seeds", type=int, default=20,
+                   help=f"reporting seeds per method (default 20: 0..19; --tune: {TUNE_SEEDS}..)")
     p.add_argument("--budget", type=int, default=100,
                    help="NOMAD evaluations / TPE distinct trainings (default 100, llama2-7b-valloss's nomad.budget)")
     p.add_argument("--tune", action="store_true",
-                   help="also sweep pruning settings (tuning seeds 0..n-1) and report those meeting the goal")
+                   help=f"also sweep pruning settings (tuning seeds {TUNE_SEEDS}.., disjoint) and report those "
+                        "meeting the goal")
     p.add_argument("--starts", action="store_true",
-                   help="also NOMAD from every grid point as X0 (seed 100): 48 different searches")
+                   help="also NOMAD from every grid point as X0 (seed 0): 48 different searches")
     args = p.parse_args(argv)
     budget, n_seeds = (20, 2) if args.quick else (args.budget, args.seeds)
-    seeds = list(range(100, 100 + n_seeds))
+    seeds = list(range(n_seeds))
     settings, variant = template_settings()
     curves = Curves()
     t0 = time.time()
     print(f"# Pruning on measured learning curves ({curves.path.name}: {len(curves.curves)} points, checkpoints "
           f"{[f'{f:g}' for f in curves.fractions]}); optimum {curves.optimum:.4f} (1% target "
-          f"{curves.optimum * (1 + TARGET):.4f}); NOMAD: lh_search {variant['lh_search']}, budget {budget}")
+          f"{curves.optimum * (1 + TARGET):.4f}); NOMAD: the templates' nomad section {variant['nomad']}, budget {budget}")
     print(f"paper templates' settings: {label(settings)}")
     print(f"goal: NOMAD with pruning reaches 1% on as many runs as without, at <= {GOAL}x the median training-hours")
 
     chosen = [settings]
     if args.tune:
-        chosen += [s for s in tune(variant, list(range(n_seeds)), budget) if s != settings]
+        chosen += [s for s in tune(variant, list(range(TUNE_SEEDS, TUNE_SEEDS + n_seeds)), budget) if s != settings]
     baseline = {m: measure(m, None, seeds, budget, variant) for m in ("NOMAD", "Optuna TPE")}
     rows = []
     for method in ("NOMAD", "Optuna TPE"):
