@@ -1,7 +1,7 @@
 """Pruning on measured learning curves: training-hours to within 1% of the optimum, with and without pruning.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.pruning             # 20 seeds, the paper templates' settings (~3 min)
-    OMP_NUM_THREADS=1 python -m benchmarks.pruning --tune      # + a sweep of pruning settings on tuning seeds (~10 min)
+    OMP_NUM_THREADS=1 python -m benchmarks.pruning             # 20 seeds, the paper templates' settings (~1 min)
+    OMP_NUM_THREADS=1 python -m benchmarks.pruning --tune      # + a sweep of pruning settings on tuning seeds (~5 min)
     python -m benchmarks.pruning --quick                       # 2 seeds, budget 20: a smoke test
 
 Why: pruning (core/pruning.py) claims to save training time without losing the optimum. This
@@ -224,9 +224,10 @@ def _nomad_child(csv_path: str, variant: dict, settings: dict | None, seed: int,
 
 def run_nomad(variant: dict, settings: dict | None, seed: int, budget: int, x0: dict | None = None,
               csv_path: Path = CURVES_CSV) -> list:
-    """The log of one NOMAD search (a fresh process: NOMAD's SEED is reproducible only there), up to its
-    `budget`-th training: a point asked again (snapped to a grid point already trained) is not counted, as
-    search_efficiency counts it."""
+    """The log of one NOMAD search (a fresh process: NOMAD's SEED is reproducible only there). NOMAD's budget
+    (MAX_BB_EVAL) counts every evaluation, a point snapped to a grid point already trained included, as in
+    `bbo run` where the run store answers it; the log is cut at the budget-th training as search_efficiency
+    cuts its history (on a 48-point grid a cap that only binds for a budget under 48)."""
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_nomad_child, args=(str(csv_path), variant, settings, seed, budget, x0, send))
