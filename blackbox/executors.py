@@ -33,17 +33,21 @@ class LocalExecutor:
     def release(self, run_dir: Path) -> None:
         pass  # a dead blackbox's children died with their process group
 
-    def run(self, config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dict:
-        return work(config, run_dir, gpus)
+    def run(self, config: ExperimentConfig, run_dir: Path, gpus: list[str] | None, task=work) -> dict:
+        return task(config, run_dir, gpus)
 
 
 class JobWork:
     """What a Slurm job runs: `work` in the run folder. Checkpointable: a preempted job is requeued by
-    submitit and starts the evaluation again (a timed-out one is not: it is a failed point)."""
+    submitit and starts the evaluation again (a timed-out one is not: it is a failed point).
+    task: work, or another module-level function of the same signature (work.finalist_work)."""
+
+    def __init__(self, task=work):
+        self.task = task
 
     def __call__(self, config: ExperimentConfig, run_dir: str) -> dict:
         try:
-            metrics = work(config, Path(run_dir), None)  # the GPUs are the ones Slurm gave the job
+            metrics = self.task(config, Path(run_dir), None)  # the GPUs are the ones Slurm gave the job
         except EvalFailure as e:  # returned, not raised: submitit would keep only its traceback text
             return {"failure": {"kind": e.kind, "message": str(e), "log_tail": e.log_tail},
                     "node": socket.gethostname()}
@@ -91,9 +95,9 @@ class SlurmExecutor:
             while job_state(job_id)[0] and time.time() < deadline:
                 time.sleep(1)
 
-    def run(self, config: ExperimentConfig, run_dir: Path, gpus) -> dict:
+    def run(self, config: ExperimentConfig, run_dir: Path, gpus, task=work) -> dict:
         try:
-            job = self._submitit(run_dir).submit(JobWork(), config, str(run_dir))
+            job = self._submitit(run_dir).submit(JobWork(task), config, str(run_dir))
         except Exception as e:  # noqa: BLE001 - sbatch refused (a wrong partition, account, limit): say what it said
             said = [line for line in str(e).splitlines() if "error" in line.lower()] or str(e).splitlines() or [""]
             raise EvalFailure("slurm", f"sbatch refused the job: {said[-1].strip()}") from None
