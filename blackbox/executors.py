@@ -33,7 +33,8 @@ class LocalExecutor:
     def release(self, run_dir: Path) -> None:
         pass  # a dead blackbox's children died with their process group
 
-    def run(self, config: ExperimentConfig, run_dir: Path, gpus: list[str] | None, task=work) -> dict:
+    def run(self, config: ExperimentConfig, run_dir: Path, gpus: list[str] | None, task=work,
+            record: str = SLURM_FILE) -> dict:
         return task(config, run_dir, gpus)
 
 
@@ -95,14 +96,17 @@ class SlurmExecutor:
             while job_state(job_id)[0] and time.time() < deadline:
                 time.sleep(1)
 
-    def run(self, config: ExperimentConfig, run_dir: Path, gpus, task=work) -> dict:
+    def run(self, config: ExperimentConfig, run_dir: Path, gpus, task=work, record: str = SLURM_FILE) -> dict:
+        """record: the file of the job's id, node and state (another than slurm.json for a finalist's
+        MMLU job, so the training job's record stays)."""
         try:
             job = self._submitit(run_dir).submit(JobWork(task), config, str(run_dir))
         except Exception as e:  # noqa: BLE001 - sbatch refused (a wrong partition, account, limit): say what it said
             said = [line for line in str(e).splitlines() if "error" in line.lower()] or str(e).splitlines() or [""]
             raise EvalFailure("slurm", f"sbatch refused the job: {said[-1].strip()}") from None
+        record_file = run_dir / record
         record = {"job_id": str(job.job_id), "state": "PENDING", "node": None, "submitted": time.time()}
-        write_json(run_dir / SLURM_FILE, record)
+        write_json(record_file, record)
         with _jobs_lock:
             _jobs.add(str(job.job_id))
         try:
@@ -113,7 +117,7 @@ class SlurmExecutor:
         if outcome == "success":
             node = result.get("node") or node
         state = (state or "UNKNOWN").split()[0]
-        write_json(run_dir / SLURM_FILE, dict(record, state=state, node=node, ended=time.time()))
+        write_json(record_file, dict(record, state=state, node=node, ended=time.time()))
         if outcome == "success" and "metrics" in result:
             return result["metrics"]
         where = f" on {node}" if node else ""

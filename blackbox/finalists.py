@@ -23,6 +23,7 @@ from core.procs import on_death_of
 from core.store import RunStore, read_json
 
 FULL_FILE = "mmlu_full.json"
+SLURM_RECORD = "slurm_mmlu_full.json"  # launch.executor=slurm: the finalist's MMLU job (slurm.json is training's)
 
 
 def finalist_ids(store: RunStore, k: int) -> list[str]:
@@ -61,8 +62,13 @@ def run_finalists(config) -> int:
             run_dir = store.run_dir(rid)
             if measured(run_dir, limit) is not None:
                 continue
+            if not (run_dir / "adapter").is_dir():  # said here, not in a Slurm job submitted for nothing
+                print(f"error: finalist {rid}: no adapter (removed by train.keep_adapters, or never kept): "
+                      "its full MMLU cannot be measured", file=sys.stderr)
+                failed += 1
+                continue
             try:
-                result = executor.run(config, run_dir, slots[0], task=finalist_work)
+                result = executor.run(config, run_dir, slots[0], task=finalist_work, record=SLURM_RECORD)
             except EvalFailure as e:
                 print(f"error: finalist {rid}: {e}", file=sys.stderr)
                 failed += 1
