@@ -127,6 +127,8 @@ def cmd_run(args) -> int:
 
     print(summary_text(load_runs(config.dir, args.overrides), config))
     rc = _no_success_error(config, search)
+    if rc == 0 and config.objective.finalists:  # the k best on the full MMLU (their kept adapters)
+        rc = _finalists(config, args.overrides, env)
     if rc == 0 and config.confirm.top:  # the finalists again with other seeds: is the winner real?
         rc = _confirm(config, args.overrides, config.confirm.top, config.confirm.seeds, env)
     return rc
@@ -147,6 +149,31 @@ def _confirm(config, overrides, top: int, seeds: int, env: dict) -> int:
     elif rc:
         print("error: the confirmation runs could not start (see the error above)", file=sys.stderr)
     return rc
+
+
+def _finalists(config, overrides, env: dict) -> int:
+    """objective.finalists: `python -m blackbox.finalists` (through the executor, no retraining), then their table."""
+    from bbo.results import load_runs
+    from bbo.summary import finalists_text
+
+    cmd = [sys.executable, "-m", "blackbox.finalists", str(config.dir)]
+    try:
+        rc = subprocess.run(cmd, env=dict(env, BBO_OVERRIDES=json.dumps(list(overrides)))).returncode
+    except KeyboardInterrupt:
+        print("interrupted: measured finalists are kept; run `python -m bbo finalists` to continue", file=sys.stderr)
+        return 130
+    print(finalists_text(load_runs(config.dir, overrides), config.objective.finalists))
+    return rc
+
+
+def cmd_finalists(args) -> int:
+    """The k best points of a finished search on the full MMLU (again: answered from their folders)."""
+    from core.procs import checkout_env
+
+    config = load_config(args.experiment, args.overrides)
+    if not config.objective.finalists:
+        raise ConfigError("objective.finalists: is 0: set it, e.g. `python -m bbo finalists X objective.finalists=3`")
+    return _finalists(config, args.overrides, checkout_env(BBO_DRIVER_PID=str(os.getpid())))
 
 
 def cmd_confirm(args) -> int:
@@ -337,6 +364,10 @@ def main(argv=None) -> int:
     s.add_argument("--top", type=int, help="how many of the best points (default: confirm.top, else 3)")
     s.add_argument("--seeds", type=int, help="other seeds per point (default: confirm.seeds)")
     s.set_defaults(fn=cmd_confirm)
+    s = sub.add_parser("finalists", help="the best points on the full MMLU (objective.finalists), no retraining")
+    s.add_argument("experiment")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.set_defaults(fn=cmd_finalists)
     s = sub.add_parser("status", help="where a search stands: counts, best so far, running trainings, ETA")
     s.add_argument("experiment")
     s.add_argument("overrides", nargs="*", metavar="key=value")

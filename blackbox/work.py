@@ -21,7 +21,7 @@ from pathlib import Path
 from core.config import ROUGE_METRICS, ExperimentConfig
 from core.procs import REPO_ROOT, checkout_env
 from core.progress import PROGRESS_FILE, read_progress
-from core.store import read_json
+from core.store import read_json, write_json
 
 TRAIN_SCRIPT = REPO_ROOT / "blackbox" / "train.py"
 
@@ -40,14 +40,16 @@ class EvalFailure(Exception):
 def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dict:
     """Train, then MMLU and ROUGE when the objective needs them; gpus: the CUDA_VISIBLE_DEVICES of this evaluation
     (None: leave it as it is, e.g. what Slurm gave the job). Raises EvalFailure."""
-    for stale in [*run_dir.glob("error*.json"), run_dir / "train_result.json", run_dir / "mmlu.json",
+    for stale in [*run_dir.glob("error*.json"), run_dir / "train_result.json", run_dir / "mmlu.json", run_dir / "mmlu_full.json",
                   run_dir / "rouge.json", run_dir / PROGRESS_FILE]:
         stale.unlink(missing_ok=True)  # a requeued Slurm job starts again in the same folder
     timeout = config.launch.timeout_minutes
     deadline = time.time() + timeout * 60 if timeout else None
     metrics = _train(config, run_dir, gpus, deadline)
     if config.objective.needs_mmlu and "pruned_at" not in metrics:  # a pruned run is not worth its MMLU
-        metrics.update(_mmlu(config, run_dir, gpus, deadline))
+        mmlu = config.objective.mmlu  # the search's cheap MMLU when search_limit is set; finalists get limit after
+        limit = mmlu.search_limit if mmlu.search_limit is not None else mmlu.limit
+        metrics.update(_mmlu(config, run_dir, gpus, deadline, limit))
         metrics["eval_seconds"] = metrics.get("eval_seconds", 0.0) + metrics.get("mmlu_seconds", 0.0)
     if config.objective.needs_rouge and "pruned_at" not in metrics:  # nor its generations
         metrics.update(_rouge(run_dir, gpus, deadline))
@@ -136,33 +138,48 @@ def _render_progress(run_dir: Path, stop: threading.Event, every_seconds: float)
         bar.close()
 
 
-def _mmlu(config, run_dir: Path, gpus, deadline) -> dict:
+def finalist_work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dict:
+    """objective.finalists: MMLU of a finished run's kept adapter with mmlu.limit (None = every question),
+    into mmlu_full.json; no training. Raises EvalFailure (kind "adapter" when the adapter is gone)."""
+    if not (run_dir / "adapter").is_dir():
+        raise EvalFailure("adapter", f"run {run_dir.name} has no adapter (removed, or never kept): "
+                                     "its full MMLU cannot be measured")
+    timeout = config.launch.timeout_minutes
+    deadline = time.time() + timeout * 60 if timeout else None
+    return _mmlu(config, run_dir, gpus, deadline, config.objective.mmlu.limit, name="mmlu_full")
+
+
+def _mmlu(config, run_dir: Path, gpus, deadline, limit: int | None, name: str = "mmlu") -> dict:
     """lm-eval in a child; data-parallel over the evaluation's GPUs (one process per GPU) when it has
-    several. Device and dtype are resolved by torch in the child (`auto`)."""
+    several. Device and dtype are resolved by torch in the child (`auto`). <name>.json records the
+    limit (questions per subject, None = all) it was measured with as mmlu_limit."""
     mmlu = config.objective.mmlu
     processes = len(gpus) if gpus else 1
     launcher = _accelerate(processes) + ["-m"] if processes > 1 else [sys.executable, "-m"]
     cmd = launcher + [
         "eval.mmlu", "--model", config.resolve(config.model.path), "--adapter", str(run_dir / "adapter"),
         "--task", mmlu.task, "--num-fewshot", str(mmlu.num_fewshot), "--batch-size", str(mmlu.batch_size),
-        "--out", str(run_dir / "mmlu.json"), "--device", "auto", "--dtype", config.model.dtype]
+        "--out", str(run_dir / f"{name}.json"), "--device", "auto", "--dtype", config.model.dtype]
     if config.model.quantization:
         cmd += ["--quantization", config.model.quantization]
     if mmlu.data_dir:
         cmd += ["--data-dir", config.resolve(mmlu.data_dir)]
-    if mmlu.limit:
-        cmd += ["--limit", str(mmlu.limit)]
+    if limit:
+        cmd += ["--limit", str(limit)]
     if config.model.trust_remote_code:
         cmd.append("--trust-remote-code")
     t0 = time.time()
-    rc = _run_logged(cmd, run_dir / "mmlu.log", gpus, deadline)
-    result = read_json(run_dir / "mmlu.json")
+    (run_dir / f"{name}.json").unlink(missing_ok=True)  # a result is never one of an earlier attempt
+    rc = _run_logged(cmd, run_dir / f"{name}.log", gpus, deadline)
+    result = read_json(run_dir / f"{name}.json")
     if rc != 0 or not isinstance(result, dict) or not isinstance(result.get("mmlu"), (int, float)):
-        kind = "oom" if any(text in tail_of(run_dir / "mmlu.log", 400) for text in OOM_TEXTS) else "eval"
+        kind = "oom" if any(text in tail_of(run_dir / f"{name}.log", 400) for text in OOM_TEXTS) else "eval"
         raise EvalFailure(kind, _describe_exit(rc, "MMLU evaluation") if rc else "MMLU result missing",
-                          tail_of(run_dir / "mmlu.log"))
+                          tail_of(run_dir / f"{name}.log"))
     result["mmlu_seconds"] = time.time() - t0
     result["mmlu_processes"] = processes
+    result["mmlu_limit"] = limit
+    write_json(run_dir / f"{name}.json", result)
     return result
 
 
