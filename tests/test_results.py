@@ -132,7 +132,7 @@ def test_columns_and_dtypes(fake):
     expected = (["run_id", "order", "status", "reason", "error_kind", "cached", "n_answers", "cached_hits", "source"]
                 + [f"x_{n}" for n in names] + ["rank", "alpha", "alpha_over_rank", "dropout", "lr",
                                                 "objective", "val_loss", "mmlu", "mmlu_arithmetic",
-                                                "mmlu_word_reversal", "train_loss", "train_seconds", "eval_seconds",
+                                                "mmlu_word_reversal", "mmlu_full", "train_loss", "train_seconds", "eval_seconds",
                                                 "wall_seconds", "tokens_per_second", "started", "finished"])
     assert list(df.columns[:len(expected)]) == expected
     assert "mmlu_n" in df and "log_history" not in df and "mmlu_subjects" not in df
