@@ -5,9 +5,11 @@
     python -m bbo confirm experiments/demo --top 3 --seeds 2  # the best points again with other seeds
     python -m bbo check experiments/demo                 # validate experiment.yaml and param.txt
     python -m bbo paramfile experiments/demo             # (re)write param.txt and bb.sh from experiment.yaml
-    python -m bbo results experiments/demo [--csv F] [--parquet F]
+    python -m bbo status experiments/demo                # counts, best so far, running trainings, ETA
+    python -m bbo results experiments/demo [key=value ...] [--csv F] [--parquet F]   # the search's overrides, if any
     python -m bbo plot experiments/demo [more experiments ...]
     python -m bbo report experiments/demo
+    python -m bbo export experiments/demo --best out/demo-best [--merge] [--force]   # the adapter out
 """
 from __future__ import annotations
 
@@ -125,6 +127,8 @@ def cmd_run(args) -> int:
 
     print(summary_text(load_runs(config.dir, args.overrides), config))
     rc = _no_success_error(config, search)
+    if rc == 0 and config.objective.finalists:  # the k best on the full MMLU (their kept adapters)
+        rc = _finalists(config, args.overrides, env)
     if rc == 0 and config.confirm.top:  # the finalists again with other seeds: is the winner real?
         rc = _confirm(config, args.overrides, config.confirm.top, config.confirm.seeds, env)
     return rc
@@ -145,6 +149,31 @@ def _confirm(config, overrides, top: int, seeds: int, env: dict) -> int:
     elif rc:
         print("error: the confirmation runs could not start (see the error above)", file=sys.stderr)
     return rc
+
+
+def _finalists(config, overrides, env: dict) -> int:
+    """objective.finalists: `python -m blackbox.finalists` (through the executor, no retraining), then their table."""
+    from bbo.results import load_runs
+    from bbo.summary import finalists_text
+
+    cmd = [sys.executable, "-m", "blackbox.finalists", str(config.dir)]
+    try:
+        rc = subprocess.run(cmd, env=dict(env, BBO_OVERRIDES=json.dumps(list(overrides)))).returncode
+    except KeyboardInterrupt:
+        print("interrupted: measured finalists are kept; run `python -m bbo finalists` to continue", file=sys.stderr)
+        return 130
+    print(finalists_text(load_runs(config.dir, overrides), config.objective.finalists))
+    return rc
+
+
+def cmd_finalists(args) -> int:
+    """The k best points of a finished search on the full MMLU (again: answered from their folders)."""
+    from core.procs import checkout_env
+
+    config = load_config(args.experiment, args.overrides)
+    if not config.objective.finalists:
+        raise ConfigError("objective.finalists: is 0: set it, e.g. `python -m bbo finalists X objective.finalists=3`")
+    return _finalists(config, args.overrides, checkout_env(BBO_DRIVER_PID=str(os.getpid())))
 
 
 def cmd_confirm(args) -> int:
@@ -226,12 +255,12 @@ def cmd_plan(args) -> int:
     """The checks every search runs before training, then memory, time and disk; exit 1 if a check
     fails or the largest point does not fit."""
     from bbo.plan import detect_gpus, estimate, parse_gpus
-    from core.preflight import PreflightError, check_hub, check_inputs, gpu_slots
+    from core.preflight import PreflightError, check_hub, check_inputs, check_trackers, gpu_slots
 
     config = load_config(args.experiment, args.overrides)
     gpus = parse_gpus(args.gpus) if args.gpus else None
     problems, notes = [], []
-    for name, check in (("inputs", lambda: check_inputs(config)), ("hub", lambda: notes.extend(check_hub(config)))):
+    for check in (lambda: check_inputs(config), lambda: check_trackers(config), lambda: notes.extend(check_hub(config))):
         try:
             check()
         except PreflightError as e:
@@ -257,11 +286,18 @@ def cmd_plan(args) -> int:
     return 1 if problems or plan.verdict == "does not fit" else 0
 
 
+def cmd_status(args) -> int:
+    from bbo.status import search_status, status_text
+
+    print(status_text(search_status(load_config(args.experiment, args.overrides))))
+    return 0
+
+
 def cmd_results(args) -> int:
     from bbo.results import load_runs
     from bbo.summary import table_text
 
-    frames = load_runs(args.experiment)
+    frames = load_runs(args.experiment, args.overrides)  # the search's overrides: its metric names the objective
     print(table_text(frames, top=args.top))
     if args.csv:
         frames.to_csv(args.csv, index=False)
@@ -284,6 +320,16 @@ def cmd_report(args) -> int:
     from bbo.report import write_report
 
     print(f"wrote {write_report(args.experiment)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from bbo.export import export
+
+    done = export(args.experiment, args.out, run_id=args.run, best=args.best, merge=args.merge, force=args.force)
+    what = "merged model" if done["merged"] else "adapter"
+    print(f"wrote {done['out']}: the {what} of run {done['run_id']} (objective {done['objective']:.6g}, "
+          f"{done['dtype']}); how to load it: {done['out'] / 'README.md'}")
     return 0
 
 
@@ -318,8 +364,17 @@ def main(argv=None) -> int:
     s.add_argument("--top", type=int, help="how many of the best points (default: confirm.top, else 3)")
     s.add_argument("--seeds", type=int, help="other seeds per point (default: confirm.seeds)")
     s.set_defaults(fn=cmd_confirm)
+    s = sub.add_parser("finalists", help="the best points on the full MMLU (objective.finalists), no retraining")
+    s.add_argument("experiment")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.set_defaults(fn=cmd_finalists)
+    s = sub.add_parser("status", help="where a search stands: counts, best so far, running trainings, ETA")
+    s.add_argument("experiment")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.set_defaults(fn=cmd_status)
     s = sub.add_parser("results", help="print the table of runs")
     s.add_argument("experiment")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
     s.add_argument("--csv")
     s.add_argument("--parquet")
     s.add_argument("--top", type=int, default=None)
@@ -331,7 +386,22 @@ def main(argv=None) -> int:
     s = sub.add_parser("report", help="write a Markdown report with figures")
     s.add_argument("experiment")
     s.set_defaults(fn=cmd_report)
-    args = p.parse_args(argv)
+    s = sub.add_parser("export", help="write the adapter (or the merged model) of a run to a folder")
+    s.add_argument("experiment")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", metavar="ID", help="the run id (python -m bbo results)")
+    which.add_argument("--best", action="store_true", help="the best ok run of the search")
+    s.add_argument("out", help="the folder to write (must not exist, unless --force)")
+    s.add_argument("--merge", action="store_true", help="a full model: the base with the adapter merged in")
+    s.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    s.set_defaults(fn=cmd_export)
+    args, extra = p.parse_known_args(argv)
+    # key=value overrides after an option (`plan X --gpus 4xA100 train.epochs=1`): argparse has already
+    # closed the overrides' list at the option; anything else unknown is the usual error
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
     except (ConfigError, ValueError, FileNotFoundError) as e:

@@ -178,9 +178,19 @@ def main(argv=None) -> int:
     PyNomad.optimizeWithMainStep(lines)
     if start is None:
         return 0
+    stopped = (lambda: read_stop(config.dir, os.environ["BBO_SEARCH_ID"])) if config is not None else (lambda: False)
+    return start_again_until_spent(lines, folder, start, lambda more: _start_again(more, folder), stopped)
+
+
+def start_again_until_spent(lines: list[str], folder: Path, start: int, run_start, stopped=lambda: False) -> int:
+    """After NOMAD's first start: start it again (restart_lines) while budget is left and starts find new points.
+
+    start: the cache's count before the first start; run_start(lines) -> exit status runs one more start
+    (a process of its own here; the benchmark's callable in its own process); stopped() -> the search was stopped.
+    """
     before, stale = start, 0
     for restart in range(1, MAX_RESTARTS + 1):
-        if config is not None and read_stop(config.dir, os.environ["BBO_SEARCH_ID"]):
+        if stopped():
             return 0  # the search was stopped: `bbo run` says why
         now = counted(folder, lines, True)
         fresh = now > before  # did the last start evaluate anything new?
@@ -197,7 +207,7 @@ def main(argv=None) -> int:
         print(f"NOMAD stopped with {left} evaluations of its budget left (its mesh cannot be refined further): "
               f"start {restart + 1} from the best point so far, with new seed and Latin-hypercube points",
               file=sys.stderr, flush=True)
-        rc = _start_again(more, folder)
+        rc = run_start(more)
         if rc:
             return rc
     return 0

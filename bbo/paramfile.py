@@ -52,6 +52,8 @@ def render(config: ExperimentConfig) -> str:
         lines.append("MEGA_SEARCH_POLL yes")
     if config.nomad.lh_search:
         lines.append(f"LH_SEARCH {config.nomad.lh_search[0]} {config.nomad.lh_search[1]}")
+    if config.nomad.initial_frame:
+        lines.append(f"INITIAL_FRAME_SIZE {_vector(initial_frame(space, config.nomad.initial_frame))}")
     lines += [
         f"CACHE_FILE {CACHE_FILE}",
         f"HISTORY_FILE {HISTORY_FILE}",
@@ -62,6 +64,15 @@ def render(config: ExperimentConfig) -> str:
     ]
     lines += list(config.nomad.extra_lines)
     return "\n".join(lines) + "\n"
+
+
+def initial_frame(space, fraction: float) -> list:
+    """NOMAD's first frame: `fraction` of each variable's range (an integer variable at least 1, so it can move)."""
+    out = []
+    for low, high, kind in zip(space.lower, space.upper, space.input_types):
+        size = fraction * (high - low)
+        out.append(max(1, round(size)) if kind == "I" else float(f"{size:.6g}"))
+    return out
 
 
 def render_bb_script(config: ExperimentConfig) -> str:

@@ -11,7 +11,9 @@ This module answers, from config.json alone (no weights are downloaded):
   largest dropout), with and without gradient checkpointing, against ~90% of the GPU's
   memory: "fits", "fits with gradient checkpointing" or "does not fit", and what to change;
 - tokens, hours per evaluation and per search, from the tokenised data when it is local;
-- disk for the adapters of the whole budget.
+- disk for the adapters of the whole budget;
+- MMLU questions: per evaluation (mmlu.search_limit, else mmlu.limit, per subject) x the budget,
+  and the objective.finalists' full MMLU after the search (mmlu.limit), counted in the local set.
 
 Parameter counts
 ----------------
@@ -75,8 +77,10 @@ ceil(nomad.budget / launch.parallel). Tokens/s per GPU: --tokens-per-second, els
 2,400 (HF LoRA on Llama-2-7B at seq 1024, LLaMA-Factory's published figure) and H100 twice
 that (a guess, not measured); with these defaults, gradient checkpointing makes training
 4/3 as long, and a model of another size scales them by 6.74e9 / N (none beyond 8x).
-Process start, model loading and MMLU are not included. Adapter disk: P x 4 bytes (peft
-saves fp32) x nomad.budget, at the largest rank: an upper bound.
+Process start, model loading and MMLU are not included. Adapter disk: P x 2 bytes (4 for a
+float32 base: adapters are saved in the weights' dtype) per adapter, at the largest rank, x
+nomad.budget, or with train.keep_adapters best:k (none: k = 0) x k + launch.parallel (the
+ones trained but not yet ranked): an upper bound.
 """
 from __future__ import annotations
 
@@ -314,9 +318,18 @@ class Plan:
     seconds_per_eval: float | None = None
     seconds_per_search: float | None = None
     adapter_bytes: int | None = None  # one adapter at the largest rank
-    disk_bytes: int | None = None  # adapters of the whole budget
+    disk_bytes: int | None = None  # adapters on disk at most (the whole budget, or train.keep_adapters')
+    adapters_on_disk: int | None = None
+    keep_adapters: str = "all"
     timeout_minutes: float | None = None
+    mmlu_questions: dict | None = None  # questions per subject of the local MMLU set (None: not known here)
+    mmlu_search: int | None = None  # MMLU questions per evaluation during the search (mmlu.search_limit)
+    mmlu_finalists: int = 0  # objective.finalists
+    mmlu_full: int | None = None  # MMLU questions per finalist afterwards (mmlu.limit)
     warnings: list = field(default_factory=list)
+
+    def mmlu_full_limit_text(self) -> str:
+        return "every question" if self.mmlu_full is None else f"{self.mmlu_full} questions"
 
     @property
     def total_gib(self) -> float | None:
@@ -397,11 +410,23 @@ class Plan:
             row("time per search", f"{_hours(self.seconds_per_search)} = {rounds} rounds "
                                    f"(nomad.budget {self.budget} / launch.parallel {self.parallel}) "
                                    f"= {self.seconds_per_search / 86400:.1f} days")
+        if self.mmlu_search is not None:
+            search = self.mmlu_search * self.budget
+            text = f"{self.mmlu_search:,} questions per evaluation x {self.budget} = {search:,}"
+            if self.mmlu_finalists:
+                full = self.mmlu_full * self.mmlu_finalists
+                share = f", {full / search:.0%} of the search's" if search else ""
+                text += f"; finalists {self.mmlu_finalists} x {self.mmlu_full:,} = {full:,} more{share}"
+            row("MMLU questions", text + " (objective.mmlu limits; time not estimated)")
+        elif self.mmlu_finalists:
+            row("MMLU questions", f"unknown (stock task); the {self.mmlu_finalists} finalists get mmlu.limit "
+                                  f"{self.mmlu_full_limit_text()} per subject after the search")
         if self.adapter_bytes is not None:
             each = (f"{self.adapter_bytes / GIB:.1f} GiB" if self.adapter_bytes >= GIB
                     else f"{self.adapter_bytes / 2 ** 20:.1f} MiB")
-            row("adapter disk", f"{each} per adapter at rank {self.rank} (fp32), "
-                                f"{self.disk_bytes / GIB:.1f} GiB for nomad.budget {self.budget} (at most)")
+            row("adapter disk", f"{each} per adapter at rank {self.rank} ({self.weights_dtype}), "
+                                f"{self.disk_bytes / GIB:.1f} GiB for {self.adapters_on_disk} adapters (at most; "
+                                f"nomad.budget {self.budget}, train.keep_adapters {self.keep_adapters})")
         if self.warnings:
             lines.append("")
             lines.extend(f"warning: {w}" for w in self.warnings)
@@ -504,12 +529,17 @@ def estimate(config, gpus: GpuSpec | None = None, *, quantization: str | None = 
         plan.memory, plan.memory_checkpointing = mem(gc=False), mem(gc=True)
         if gpus is not None:
             plan.verdict, plan.advice = _verdict(plan, config, mem)
-        plan.adapter_bytes = plan.lora_params * 4
-        plan.disk_bytes = plan.adapter_bytes * config.nomad.budget
+        plan.adapter_bytes = plan.lora_params * dtype_bytes  # saved in the weights' dtype (core.model.save_adapter)
+        kept = config.train.adapters_kept  # pruned after each evaluation: k kept + those not yet ranked
+        plan.adapters_on_disk = config.nomad.budget if kept is None else min(config.nomad.budget,
+                                                                               kept + launch.parallel)
+        plan.keep_adapters = config.train.keep_adapters
+        plan.disk_bytes = plan.adapter_bytes * plan.adapters_on_disk
 
     # ---- tokens and time
     _tokens(plan, config, train_tokens)
     _time(plan, config, gpus, tokens_per_second, checkpointing)
+    mmlu_cost(plan, config)
     return plan
 
 
@@ -678,12 +708,44 @@ def _time(plan: Plan, config, gpus: GpuSpec | None, tokens_per_second: float | N
                              + plan.val_passes * (plan.val_tokens or 0) / rate * VAL_COST)
     plan.seconds_per_search = plan.seconds_per_eval * math.ceil(config.nomad.budget / config.launch.parallel)
     if config.objective.needs_mmlu:
-        plan.warnings.append("the MMLU evaluation of each point is not included in the time")
+        plan.warnings.append("the MMLU evaluation of each point is not included in the time"
+                             + (" (nor the finalists' full MMLU)" if config.objective.finalists else ""))
+    if config.objective.needs_rouge:
+        plan.warnings.append("the ROUGE generation of each point is not included in the time")
     timeout = config.launch.timeout_minutes
     if timeout and plan.seconds_per_eval > timeout * 60:
         plan.warnings.append(f"one evaluation is estimated at {plan.seconds_per_eval / 3600:.1f} h, above "
                              f"launch.timeout_minutes {timeout:g} ({timeout / 60:.1f} h): it would be killed; "
                              f"raise launch.timeout_minutes or train on fewer tokens")
+
+
+def mmlu_cost(plan: Plan, config) -> None:
+    """MMLU questions of the search (mmlu.search_limit, else mmlu.limit, per subject) and of the
+    objective.finalists afterwards (mmlu.limit), counted in the local MMLU set's test.jsonl."""
+    if not config.objective.needs_mmlu:
+        return
+    mmlu = config.objective.mmlu
+    plan.mmlu_finalists = config.objective.finalists
+    if mmlu.task != "mmlu_local" or not mmlu.data_dir:
+        plan.mmlu_full = mmlu.limit
+        return
+    counts: dict = {}
+    try:
+        with open(Path(config.resolve(mmlu.data_dir)) / "test.jsonl") as f:
+            for line in f:
+                if line.strip():
+                    subject = json.loads(line).get("subject")
+                    counts[subject] = counts.get(subject, 0) + 1
+    except (OSError, ValueError, AttributeError):
+        plan.mmlu_full = mmlu.limit
+        return
+
+    def questions(limit):
+        return sum(n if limit is None else min(n, limit) for n in counts.values())
+
+    plan.mmlu_questions = counts
+    plan.mmlu_search = questions(mmlu.search_limit if mmlu.search_limit is not None else mmlu.limit)
+    plan.mmlu_full = questions(mmlu.limit)
 
 
 def plan_warnings(config) -> list[str]:

@@ -2,7 +2,8 @@
 
     python -m bbo report experiments/demo     # -> experiments/demo/report/report.md + PNG figures
 
-Sections: best point, X0 versus best (before / after), top-5 table, the finalists re-trained with
+Sections: best point, X0 versus best (before / after), top-5 table, the finalists on the full MMLU
+(objective.finalists), the finalists re-trained with
 other seeds (after `bbo confirm`), budget spent, spread of the objective, figures. Tables are written here (no `tabulate` needed).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 from bbo.confirm import finalist_stats, margin_sentence
 from bbo.plots import plot_experiments
 from bbo.results import load_runs
-from bbo.summary import best, describe_point, missing, ranked, x0_row
+from bbo.summary import best, describe_point, finalists_table, missing, ranked, ranking_sentence, x0_row
 from core.config import load_config, objective_label
 from core.store import FINISHED, State
 
@@ -44,6 +45,7 @@ def write_report(experiment_dir, top: int = 5) -> Path:
     lines += _best_section(df, label)
     lines += _x0_section(df, config, label)
     lines += _top_section(df, top, label)
+    lines += _finalists_section(df, config)
     lines += _confirm_section(df, config, label)
     lines += _budget_section(df, config)
     lines += _pruning_section(df, config)
@@ -114,6 +116,26 @@ def _top_section(df, top, label) -> list[str]:
         table["wall_seconds"] = table["wall_seconds"] / 60
     table = table.rename(columns={"objective": label, "wall_seconds": "wall_min", "alpha_over_rank": "alpha/rank"})
     return lines + markdown_table(table.map(_fmt)) + [""]
+
+
+def _finalists_section(df, config) -> list[str]:
+    """objective.finalists: the search's cheap MMLU next to the full one, and whether the order held."""
+    table = finalists_table(df)
+    if table.empty:
+        return []
+    mmlu = config.objective.mmlu
+    search = mmlu.search_limit if mmlu.search_limit is not None else mmlu.limit
+    lines = ["## Finalists on the full MMLU", "",
+             f"The {len(table)} best points of the search measured again on their kept adapters, no retraining "
+             f"(`python -m bbo finalists`): `mmlu` with {_questions(search)} per subject during the search, "
+             f"`mmlu_full` with {_questions(mmlu.limit)}" + ("" if mmlu.limit is None else " per subject") + ".", ""]
+    table = table.assign(**{c: table[c].map(lambda v: "" if missing(v) else f"{v:.4f}") for c in ("mmlu", "mmlu_full")})
+    shown = table.rename(columns={"search_place": "search #", "full_place": "full #", "alpha_over_rank": "alpha/rank"})
+    return lines + markdown_table(shown.map(_fmt)) + ["", ranking_sentence(table), ""]
+
+
+def _questions(limit) -> str:
+    return "every question" if limit is None else f"{limit} question{'s' if limit != 1 else ''}"
 
 
 def _confirm_section(df, config, label) -> list[str]:

@@ -14,9 +14,11 @@ Columns are flat (one value per cell) so CSV and Parquet hold the same table:
     ok | failed | pruned | running; or incomplete: no status.json), reason, error_kind (oom, diverged, timeout, crash, ...),
     cached (the first answer came from a finished run), n_answers, cached_hits, source (nomad | hand),
     x_<name> (NOMAD coordinates), rank, alpha, alpha_over_rank, dropout, lr,
-    objective, val_loss, mmlu, mmlu_<subject>..., train_loss, train_seconds, eval_seconds,
+    objective, val_loss, mmlu (with mmlu.search_limit when set: mmlu_limit), mmlu_<subject>...,
+    mmlu_full (objective.finalists: MMLU with mmlu.limit, from mmlu_full.json), train_loss, train_seconds, eval_seconds,
     wall_seconds, tokens_per_second, started, finished (UTC), attempt, device, num_processes,
-    slurm_job, slurm_node, slurm_state (launch.executor=slurm), seed, seeds_n, seeds_mean, seeds_std
+    slurm_job, slurm_node, slurm_state (launch.executor=slurm), adapter (kept | removed by
+    train.keep_adapters | None: a failed or pruned run never had one), seed, seeds_n, seeds_mean, seeds_std
     (bbo confirm), then any other number of metrics.json (steps, val_tokens, mmlu_stderr, trained_fraction,
     pruned_at, ...) and the learning curve (val_loss@0.25, val_loss@0.5, ... from curve.json), sorted.
     The curves one row per checkpoint: load_curves.
@@ -27,24 +29,27 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.adapters import adapter_state
 from core.config import ExperimentConfig, load_config
 from core.pruning import key as checkpoint_key
 from core.pruning import read_curve
 from core.store import RunStore, State, read_json
 
 HP = ["rank", "alpha", "alpha_over_rank", "dropout", "lr"]
-METRIC_COLUMNS = ["objective", "val_loss", "mmlu"]  # then mmlu_<subject>..., then the rest
+METRIC_COLUMNS = ["objective", "val_loss", "mmlu", "mmlu_full"]  # mmlu_<subject>... after mmlu, then the rest
+FULL_MMLU_FILE = "mmlu_full.json"  # objective.finalists: a finalist's MMLU with mmlu.limit (blackbox/finalists.py)
+NOT_SUBJECTS = {"mmlu_stderr", "mmlu_n", "mmlu_seconds", "mmlu_limit", "mmlu_processes", "mmlu_full"}
 TAIL_METRICS = ["train_loss", "train_seconds", "eval_seconds", "wall_seconds", "tokens_per_second"]
 STATUS_COLUMNS = ["run_id", "order", "status", "reason", "error_kind", "cached", "n_answers", "cached_hits", "source"]
 TIME_COLUMNS = ["started", "finished"]
-RUN_EXTRAS = ["attempt", "device", "num_processes", "slurm_job", "slurm_node", "slurm_state"]
+RUN_EXTRAS = ["attempt", "device", "num_processes", "slurm_job", "slurm_node", "slurm_state", "adapter"]
 # Training seed, and for a point re-trained with other seeds (bbo confirm) its objective over all its ok seeds.
 SEED_COLUMNS = ["seed", "seeds_n", "seeds_mean", "seeds_std"]
 # Metrics that are not numbers per run, or are spread into their own columns.
 SKIP_METRICS = {"mmlu_subjects", "device", "dtype", "precision", "lm_eval_version"}
 INT_COLUMNS = {"order", "n_answers", "cached_hits", "rank", "alpha", "attempt", "num_processes", "seed", "seeds_n"}
 STR_COLUMNS = {"run_id", "status", "reason", "error_kind", "source", "device", "experiment", "confirms",
-               "slurm_job", "slurm_node", "slurm_state"}
+               "slurm_job", "slurm_node", "slurm_state", "adapter"}
 
 
 # ---------------------------------------------------------------- run folders
@@ -160,6 +165,7 @@ def _run_row(config: ExperimentConfig, store: RunStore, rid: str, info: dict | N
         "num_processes": metrics.get("world_size") or (params.get("fixed") or {}).get(
             "num_processes", config.launch.num_processes),
         "slurm_job": slurm.get("job_id"), "slurm_node": slurm.get("node"), "slurm_state": slurm.get("state"),
+        "adapter": adapter_state(run_dir),  # kept | removed (train.keep_adapters) | None: never had one
     }
     for name, x in zip(names, point or [None] * len(names)):
         row[f"x_{name}"] = x
@@ -170,6 +176,9 @@ def _run_row(config: ExperimentConfig, store: RunStore, rid: str, info: dict | N
     if "objective" not in metrics and state == State.OK and isinstance(first.get("objective"), (int, float)):
         metrics = dict(metrics, objective=first["objective"])  # run folder lost its metrics: the answer has it
     row.update(_metric_columns(metrics))
+    full = read_json(run_dir / FULL_MMLU_FILE)  # a finalist's MMLU on the full benchmark
+    if isinstance(full, dict) and isinstance(full.get("mmlu"), (int, float)):
+        row["mmlu_full"] = float(full["mmlu"])
     for point in read_curve(run_dir):
         if isinstance(point.get("fraction"), (int, float)):
             row[f"val_loss@{checkpoint_key(point['fraction'])}"] = point.get("val_loss")
@@ -226,7 +235,7 @@ def _typed_frame(rows: list[dict], base: list[str], config: ExperimentConfig | N
     seen = []
     for row in rows:
         seen += [k for k in row if k not in base and k not in seen]
-    subjects = sorted(k for k in seen if k.startswith("mmlu_") and k not in ("mmlu_stderr", "mmlu_n", "mmlu_seconds"))
+    subjects = sorted(k for k in seen if k.startswith("mmlu_") and k not in NOT_SUBJECTS)
     others = sorted(k for k in seen if k not in subjects)
     at = base.index("mmlu") + 1
     columns = base[:at] + subjects + base[at:] + others

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bbo.results import HP, frame_attrs
-from core.config import ExperimentConfig, objective_label
+from core.config import ROUGE_METRICS, ExperimentConfig, objective_label
 from core.store import State
 
 
@@ -57,10 +57,11 @@ def x0_row(df: pd.DataFrame, x0: list | None = None) -> pd.Series | None:
 
 
 TABLE_COLUMNS = ["experiment", "order", "status", "rank", "alpha", "alpha_over_rank", "dropout", "lr",
-                 "objective", "seeds_mean", "seeds_std", "seeds_n", "val_loss", "mmlu", "mmlu_full", "train_loss",
+                 "objective", "seeds_mean", "seeds_std", "seeds_n", "val_loss", "mmlu", "mmlu_full", *ROUGE_METRICS,
+                 "train_loss",
                  "curve", "pruned_at", "wall_seconds", "cached", "cached_hits", "run_id", "reason"]
 OPTIONAL_COLUMNS = {"val_loss", "mmlu", "train_loss", "wall_seconds", "cached", "cached_hits", "run_id", "reason",
-                    "seeds_mean", "seeds_std", "seeds_n", "curve", "pruned_at", "mmlu_full"}
+                    "seeds_mean", "seeds_std", "seeds_n", "curve", "pruned_at", "mmlu_full", *ROUGE_METRICS}
 
 
 def _coordinate_columns(df: pd.DataFrame) -> list[str]:
@@ -104,7 +105,7 @@ def table_text(df: pd.DataFrame, top: int | None = None) -> str:
     formats = {"objective": "{:.4f}", "seeds_mean": "{:.4f}", "seeds_std": "{:.2g}", "val_loss": "{:.4f}", "mmlu": "{:.4f}", "train_loss": "{:.4f}",
                "alpha_over_rank": "{:g}", "dropout": "{:g}", "lr": "{:.3g}", "wall_min": "{:.1f}",
                "pruned_at": "{:.0%}", "mmlu_full": "{:.4f}"}
-    formats.update({c: "{:.4g}" for c in out.columns if c.startswith("extra_")})
+    formats.update({c: "{:.4g}" for c in out.columns if c.startswith("extra_")} | dict.fromkeys(ROUGE_METRICS, "{:.4f}"))
     for col, fmt in formats.items():
         if col in out:
             out[col] = out[col].map(lambda v, f=fmt: "" if missing(v) else f.format(v))
@@ -165,3 +166,39 @@ def summary_text(df: pd.DataFrame, config: ExperimentConfig | None = None) -> st
         lines.append(f"X0 vs best: {start['objective']:.6g} -> {top['objective']:.6g} "
                      f"(difference {diff:+.4g}, {rel:+.2f}%)")
     return "\n".join(lines)
+
+
+def finalists_table(df: pd.DataFrame) -> pd.DataFrame:
+    """objective.finalists: the runs measured on the full MMLU, in the search's order (best objective first),
+    with search_place (1 = the search's best among them) and full_place (by mmlu_full, higher is better)."""
+    if df.empty or "mmlu_full" not in df or df["mmlu_full"].isna().all():
+        return pd.DataFrame(columns=["search_place", "full_place", *HP, "mmlu", "mmlu_full", "run_id"])
+    rows = ranked(df)
+    rows = rows[rows["mmlu_full"].notna() & rows["status"].eq(State.OK)].reset_index(drop=True)
+    rows["search_place"] = range(1, len(rows) + 1)
+    rows["full_place"] = rows["mmlu_full"].rank(ascending=False, method="first").astype(int)
+    return rows[["search_place", "full_place", *HP, "mmlu", "mmlu_full", "run_id"]]
+
+
+def ranking_sentence(table: pd.DataFrame) -> str:
+    """Whether the full MMLU orders the finalists as the search's MMLU did."""
+    if len(table) < 2:
+        return "One finalist: no ranking to compare."
+    if table["full_place"].tolist() == table["search_place"].tolist():
+        return "The ranking did not change: the full MMLU orders the finalists as the search did."
+    top = table.loc[table["full_place"].idxmin()]
+    return (f"The ranking changed: on the full MMLU the best finalist is run {top['run_id']} "
+            f"(the search's number {top['search_place']}).")
+
+
+def finalists_text(df: pd.DataFrame, k: int) -> str:
+    """What `bbo run` and `bbo finalists` print after the finalists' MMLU."""
+    table = finalists_table(df)
+    if table.empty:
+        return f"finalists (objective.finalists={k}): none measured on the full MMLU"
+    out = table.copy()
+    for col in ("mmlu", "mmlu_full"):
+        out[col] = out[col].map(lambda v: "" if missing(v) else f"{v:.4f}")
+    out["lr"] = out["lr"].map(lambda v: "" if missing(v) else f"{v:.3g}")
+    return "\n".join([f"finalists on the full MMLU (search's mmlu -> mmlu_full), {len(table)} of {k}:",
+                      out.to_string(index=False), ranking_sentence(table)])

@@ -1,4 +1,4 @@
-"""LoRA-HPO landscapes the search benchmark replays: two analytic models and one measured table.
+"""LoRA-HPO landscapes the search benchmark replays: five analytic models and the measured tables.
 
 Each landscape is an experiment-like `space:` dict (the exact form of
 experiment.yaml, read by core.space.SearchSpace) and a function of the decoded
@@ -12,7 +12,8 @@ The analytic model (formulas and constants in docs/benchmarks.md):
     h(u)   = 1 / (1 + (u / w_lo)^2)          u <= 0    too small a step: part of the gain
            = max(1 - (u / w_hi)^2, -h_div)   u > 0     too large: falls fast, then diverges (capped)
     G(r)   = G0 + G_slope * log2(r / r_ref) - G_curv * log2(r / r_peak)^2     gain of a well-tuned adapter
-    loss   = L_base - G(r) * h(u) + c_d * dropout / 0.1 + c_k * log2(alpha / rank / k_pref)^2 + noise
+    loss   = L_base - G(r) * h(u) + c_d * dropout / 0.1 + c_k * log2(alpha / rank^k_pow / k_pref)^2
+             + c_dq * ((dropout - d_pref) / 0.1)^2 + noise
 
 noise is Gaussian with standard deviation `noise`, seeded by the point itself
 (landscape name + decoded hyperparameters), so asking a point twice gives the
@@ -46,9 +47,12 @@ class Model:
     w_hi: float = 1.9  # octaves: width of the too-large-step side
     h_div: float = 3.0  # cap of the divergence penalty, in units of G(r)
     c_d: float = 0.0  # loss added by dropout 0.1 (linear in dropout)
-    c_k: float = 0.0  # loss per squared octave of alpha/r away from k_pref
+    c_k: float = 0.0  # loss per squared octave of alpha/r^k_pow away from k_pref
     k_pref: float = 1.0
     noise: float = 0.001  # standard deviation of the evaluation noise
+    k_pow: float = 1.0  # 1: the preferred alpha scales with r (LoRA); 0.5: with sqrt(r) (rsLoRA)
+    c_dq: float = 0.0  # loss per squared 0.1 of dropout away from d_pref (dropout that matters)
+    d_pref: float = 0.0
 
     def gain(self, rank: int) -> float:
         return (self.G0 + self.G_slope * math.log2(rank / self.r_ref)
@@ -66,7 +70,9 @@ class Model:
         u = math.log2(step / best_step)
         loss = self.L_base - self.gain(r) * self.h(u) + self.c_d * dropout / 0.1
         if self.c_k:
-            loss += self.c_k * math.log2(alpha / r / self.k_pref) ** 2
+            loss += self.c_k * math.log2(alpha / r ** self.k_pow / self.k_pref) ** 2
+        if self.c_dq:
+            loss += self.c_dq * ((dropout - self.d_pref) / 0.1) ** 2
         if noise_key is not None and self.noise:
             loss += self.noise * _gauss(noise_key, hp)
         return loss
@@ -175,6 +181,61 @@ EXP1_MODEL = Model(L_base=1.30, G0=0.25, G_slope=0.0, G_curv=0.0025, r_peak=32, 
                    c_d=0.004, c_k=0.0005, k_pref=2.0, noise=0.001)
 
 
+# An optimum at the lowest rank right below a divergence cliff in lr: the too-large-step side is a quarter of an
+# octave wide (w_hi), so 1.2x the best lr loses the whole gain and 1.4x diverges; the best lr*alpha/r is 1e-3 at r=4
+# and the gain falls with rank (r_peak = 4). Alpha as a multiple of rank, dropout fixed.
+CLIFF_SPACE = {
+    "rank": {"choices": [4, 8, 16, 32, 64], "x0": 16},
+    "alpha": {"times_rank": [1, 4], "x0": 2},
+    "dropout": 0.05,
+    "lr": {"log10": [-5, -2], "x0": 1.0e-4},
+}
+CLIFF_MODEL = Model(L_base=1.20, G0=0.20, G_slope=0.0, G_curv=0.004, r_peak=4, s_ref=1e-3, r_ref=4,
+                    w_hi=0.25, noise=0.001)
+
+# Rank almost irrelevant (0.0002 per squared octave), dropout matters: 0.1 is best, 0 or 0.2 cost 2% (small data,
+# overfitting). Alpha as a multiple of rank, lr searched.
+FLAT_SPACE = {
+    "rank": {"choices": [4, 8, 16, 32, 64, 128], "x0": 8},
+    "dropout": {"choices": [0.0, 0.05, 0.1, 0.2, 0.3], "x0": 0.0},
+    "alpha": {"times_rank": [1, 4], "x0": 2},
+    "lr": {"log10": [-5, -3], "x0": 1.0e-4},
+}
+FLAT_MODEL = Model(L_base=1.40, G0=0.30, G_slope=0.0, G_curv=0.0002, r_peak=16, s_ref=6e-4, r_ref=8,
+                   c_dq=0.02, d_pref=0.1, noise=0.001)
+
+# rsLoRA-like: the best alpha grows with sqrt(rank) (alpha / sqrt(r) near 8: alpha 64 at r=64), the gain grows with
+# rank up to ~128; alpha an integer 1..128 and lr searched, so lr * alpha is a ridge that alpha/sqrt(r) pins.
+RSLORA_SPACE = {
+    "rank": {"choices": [4, 8, 16, 32, 64, 128, 256], "x0": 8},
+    "alpha": {"range": [1, 128], "x0": 16},
+    "dropout": 0.05,
+    "lr": {"log10": [-5, -3], "x0": 1.0e-4},
+}
+RSLORA_MODEL = Model(L_base=1.10, G0=0.15, G_slope=0.01, G_curv=0.004, r_peak=64, s_ref=4e-4, r_ref=16,
+                     c_k=0.002, k_pref=8.0, k_pow=0.5, noise=0.001)
+
+
+def cliff_like() -> Analytic:
+    return Analytic("low-rank-cliff", CLIFF_SPACE, CLIFF_MODEL,
+                    "best at r=4 right below an lr divergence cliff; alpha=k*rank, log10 lr in [-5,-2]")
+
+
+def flat_rank() -> Analytic:
+    return Analytic("flat-rank-dropout", FLAT_SPACE, FLAT_MODEL,
+                    "rank nearly irrelevant, dropout 0.1 best (0 or 0.2 cost 2%); alpha=k*rank, log10 lr in [-5,-3]")
+
+
+def rslora_like() -> Analytic:
+    return Analytic("rslora-like", RSLORA_SPACE, RSLORA_MODEL,
+                    "best alpha grows with sqrt(rank) (alpha/sqrt(r)=8); alpha 1..128, log10 lr in [-5,-3]")
+
+
+def analytic_landscapes() -> list[Analytic]:
+    """Every analytic landscape, the original's two first."""
+    return [exp3_like(), exp1_like(), cliff_like(), flat_rank(), rslora_like()]
+
+
 def exp3_like() -> Analytic:
     return Analytic("exp3-like", EXP3_SPACE, EXP3_MODEL,
                     "rank x alpha=k*rank x dropout, lr fixed 10^-3.5 (the original's experiment 3)")
@@ -233,7 +294,7 @@ class Tabulated(Landscape):
 
 def all_landscapes(csv_path: Path | None = None) -> list[Landscape]:
     """The analytic ones, plus the measured table when its CSV exists."""
-    out = [exp3_like(), exp1_like()]
+    out = analytic_landscapes()
     path = csv_path or DATA / "landscape_small.csv"
     if path.exists():
         out.append(Tabulated(path))

@@ -19,9 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blackbox import tracking
 from blackbox.executors import executor_for
 from blackbox.work import EvalFailure
-from core.config import ExperimentConfig
+from core.adapters import prune as prune_adapters
+from core.config import VALIDATION_SPLIT, ExperimentConfig
 from core.data import chat_template_text
 from core.failures import fix_for, read_stop, write_stop
 from core.preflight import check_before_training
@@ -79,6 +81,8 @@ def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, s
         entry.update(confirms=confirms, seed=config.train.seed)
     n = store.record(entry)
     _progress(store, n, outcome)
+    # recorded: the adapters outside the train.keep_adapters best can go (the metrics stay)
+    prune_adapters(config.dir, config.train.adapters_kept, config.train.keep_adapters)
     if outcome.state == State.FAILED and not outcome.cached:
         _stop_if_failing(config, store, search)
     return outcome
@@ -107,6 +111,10 @@ def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | Non
         slots, warnings = check_before_training(config)
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
+        try:
+            tracking.prepare(config)
+        except Exception as e:  # noqa: BLE001 - trackers observe; the integration says more when training starts
+            print(f"warning: could not create the MLflow store: {type(e).__name__}: {e}", file=sys.stderr)
     width = max(1, min(len(points), len(slots)))
     free = queue.Queue()  # a point takes a free slot and gives it back: never two points on one slot
     for slot in slots[:width]:
@@ -228,10 +236,12 @@ def _run(config, store, rid, hp, point, fingerprint, gpus, confirms=None) -> Out
         outputs = _outputs(config, metrics, pruned)
     except EvalFailure as e:
         store.finish(rid, State.FAILED, reason=str(e), error_kind=e.kind, log_tail=e.log_tail)
+        tracking.log_final(config, run_dir, hp, None, str(State.FAILED))
         return Outcome(rid, State.FAILED, False, hp, reason=f"{e.kind}: {e}", error_kind=e.kind)
     state = State.PRUNED if pruned else State.OK
     reason = metrics.get("pruned_reason")
     store.finish(rid, state, metrics=metrics, reason=reason)
+    tracking.log_final(config, run_dir, hp, metrics, str(state))  # with MMLU, measured after training
     return Outcome(rid, state, False, hp, metrics, outputs, reason=reason)
 
 
@@ -255,9 +265,11 @@ def train_spec(config: ExperimentConfig, rid: str, hp: dict, pruning: dict | Non
     for source in cfg["data"]["sources"]:
         source["path"] = config.resolve(source["path"])
     cfg["data"]["chat_template"] = chat_template_text(config.data.chat_template, config.dir)  # the text itself
+    if cfg["objective"]["generation"]["data"] != VALIDATION_SPLIT:  # ROUGE's held-out pairs from a file
+        cfg["objective"]["generation"]["data"] = config.resolve(cfg["objective"]["generation"]["data"])
     return {"run_id": rid, "hp": hp, "model": cfg["model"], "data": cfg["data"], "lora": cfg["lora"],
             "train": cfg["train"], "objective": cfg["objective"], "cache_dir": str(config.dir / "cache"),
-            "pruning": pruning}
+            "pruning": pruning, "experiment": {"name": config.name, "dir": str(config.dir)}}
 
 
 def _provenance(config: ExperimentConfig) -> dict:

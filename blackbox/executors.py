@@ -33,17 +33,22 @@ class LocalExecutor:
     def release(self, run_dir: Path) -> None:
         pass  # a dead blackbox's children died with their process group
 
-    def run(self, config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dict:
-        return work(config, run_dir, gpus)
+    def run(self, config: ExperimentConfig, run_dir: Path, gpus: list[str] | None, task=work,
+            record: str = SLURM_FILE) -> dict:
+        return task(config, run_dir, gpus)
 
 
 class JobWork:
     """What a Slurm job runs: `work` in the run folder. Checkpointable: a preempted job is requeued by
-    submitit and starts the evaluation again (a timed-out one is not: it is a failed point)."""
+    submitit and starts the evaluation again (a timed-out one is not: it is a failed point).
+    task: work, or another module-level function of the same signature (work.finalist_work)."""
+
+    def __init__(self, task=work):
+        self.task = task
 
     def __call__(self, config: ExperimentConfig, run_dir: str) -> dict:
         try:
-            metrics = work(config, Path(run_dir), None)  # the GPUs are the ones Slurm gave the job
+            metrics = self.task(config, Path(run_dir), None)  # the GPUs are the ones Slurm gave the job
         except EvalFailure as e:  # returned, not raised: submitit would keep only its traceback text
             return {"failure": {"kind": e.kind, "message": str(e), "log_tail": e.log_tail},
                     "node": socket.gethostname()}
@@ -91,14 +96,17 @@ class SlurmExecutor:
             while job_state(job_id)[0] and time.time() < deadline:
                 time.sleep(1)
 
-    def run(self, config: ExperimentConfig, run_dir: Path, gpus) -> dict:
+    def run(self, config: ExperimentConfig, run_dir: Path, gpus, task=work, record: str = SLURM_FILE) -> dict:
+        """record: the file of the job's id, node and state (another than slurm.json for a finalist's
+        MMLU job, so the training job's record stays)."""
         try:
-            job = self._submitit(run_dir).submit(JobWork(), config, str(run_dir))
+            job = self._submitit(run_dir).submit(JobWork(task), config, str(run_dir))
         except Exception as e:  # noqa: BLE001 - sbatch refused (a wrong partition, account, limit): say what it said
             said = [line for line in str(e).splitlines() if "error" in line.lower()] or str(e).splitlines() or [""]
             raise EvalFailure("slurm", f"sbatch refused the job: {said[-1].strip()}") from None
+        record_file = run_dir / record
         record = {"job_id": str(job.job_id), "state": "PENDING", "node": None, "submitted": time.time()}
-        write_json(run_dir / SLURM_FILE, record)
+        write_json(record_file, record)
         with _jobs_lock:
             _jobs.add(str(job.job_id))
         try:
@@ -109,7 +117,7 @@ class SlurmExecutor:
         if outcome == "success":
             node = result.get("node") or node
         state = (state or "UNKNOWN").split()[0]
-        write_json(run_dir / SLURM_FILE, dict(record, state=state, node=node, ended=time.time()))
+        write_json(record_file, dict(record, state=state, node=node, ended=time.time()))
         if outcome == "success" and "metrics" in result:
             return result["metrics"]
         where = f" on {node}" if node else ""

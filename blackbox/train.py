@@ -27,11 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: accelerate runs this as a script
 
-from blackbox import faults  # noqa: E402
+from blackbox import faults, tracking  # noqa: E402
 from core import pruning  # noqa: E402
 from core.data import collator_for, load_tokenized  # noqa: E402
-from core.model import load_base, load_tokenizer, resolve_device, run_dtype  # noqa: E402
+from core.model import load_base, load_tokenizer, resolve_device, run_dtype, save_adapter  # noqa: E402
 from core.procs import on_death_of  # noqa: E402
+from core.progress import PROGRESS_FILE, progress_record  # noqa: E402
 from core.store import write_json  # noqa: E402
 from eval.loss import validation_loss  # noqa: E402
 
@@ -98,8 +99,11 @@ def training_arguments(spec: dict, run_dir: Path, device: str, precision: str):
         max_grad_norm=train_cfg["max_grad_norm"],
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
         logging_steps=train_cfg["logging_steps"], logging_nan_inf_filter=False,
-        save_strategy="no", report_to=[], disable_tqdm=True, remove_unused_columns=False,
+        save_strategy="no", disable_tqdm=True, remove_unused_columns=False,
         dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        # trackers (blackbox/tracking.py): the tracked run is named by the run id, grouped by experiment
+        report_to=list(train_cfg.get("report_to") or []), run_name=spec["run_id"],
+        project=spec.get("experiment", {}).get("name", "huggingface"),
     )
 
 
@@ -114,6 +118,41 @@ def stop_on_divergence(limit: float):
                 raise Diverged(f"train loss {loss} at step {state.global_step}")
 
     return StopOnDivergence()
+
+
+def write_progress(run_dir: Path, every_seconds: float = 2.0):
+    """A callback: <run dir>/progress.json (step, max_steps, loss, elapsed, ETA) for whoever waits for this
+    run (the blackbox's progress bar, `bbo status`): at each logged loss, every `every_seconds`, at the end."""
+    from transformers import TrainerCallback
+
+    class WriteProgress(TrainerCallback):
+        def __init__(self):
+            self.t0 = self.last = time.time()
+            self.loss = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0 = time.time()
+            self.write(state)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # a new loss: shown at once
+            if (logs or {}).get("loss") is not None:
+                self.loss = logs["loss"]
+                self.write(state)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.time() - self.last >= every_seconds:
+                self.write(state)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.write(state)
+
+        def write(self, state):
+            if state.is_world_process_zero:
+                self.last = time.time()
+                write_json(run_dir / PROGRESS_FILE,
+                           progress_record(state.global_step, state.max_steps, self.loss, self.last - self.t0))
+
+    return WriteProgress()
 
 
 def checkpoint_curve(spec: dict, run_dir: Path, val_set, collator):
@@ -194,10 +233,14 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
 
         phase = "error"
         curve = checkpoint_curve(spec, run_dir, val_set, collator)
+        if train_cfg.get("report_to"):  # where the trackers write and how they name the run: set before they set up
+            experiment = spec["experiment"]
+            os.environ.update(tracking.environment(experiment["name"], Path(experiment["dir"]), spec["run_id"]))
         trainer = Trainer(model=model, args=training_arguments(spec, run_dir, device, precision),
                           train_dataset=train_set, data_collator=collator,
                           callbacks=[stop_on_divergence(train_cfg["diverge_loss"]), faults.step_callback(fault),
-                                     curve] + list(seams.callbacks))
+                                     curve, write_progress(run_dir)] + list(seams.callbacks))
+        trackers = tracking.deferred(trainer, run_dir)  # they end their run after the validation loss is logged
         result = trainer.train()
         t_train = time.time()
 
@@ -210,6 +253,7 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
             curve.add(1.0, trainer.state, val["val_loss"])
         else:
             val = {"val_loss": math.nan, "val_tokens": 0}
+        trackers.finish({"val_loss": val["val_loss"]}, spec["hp"])
     except Diverged as e:
         write_error(run_dir, "diverged", str(e))
         return 3
@@ -224,7 +268,7 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # save from the main process only, metrics last
         return 0
     if not curve.pruned:
-        trainer.model.save_pretrained(str(run_dir / "adapter"))
+        save_adapter(trainer.model, run_dir / "adapter", dtype)  # in the run's dtype, not peft's fp32
     tokens = sum(len(ids) for ids in train_set["input_ids"]) * (result.metrics.get("epoch", 1.0) or 1.0)
     metrics = {
         "train_loss": result.training_loss,

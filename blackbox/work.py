@@ -1,4 +1,5 @@
-"""The part of an evaluation that needs the GPUs: train (accelerate launch blackbox/train.py), then MMLU.
+"""The part of an evaluation that needs the GPUs: train (accelerate launch blackbox/train.py), then MMLU
+and ROUGE when the objective names them.
 
 `work` runs it in the point's run folder and returns the metrics, or raises EvalFailure with
 the kind of failure. The executor (blackbox/executors.py) decides where: in child processes on
@@ -14,11 +15,13 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from core.config import ExperimentConfig
+from core.config import ROUGE_METRICS, ExperimentConfig
 from core.procs import REPO_ROOT, checkout_env
-from core.store import read_json
+from core.progress import PROGRESS_FILE, read_progress
+from core.store import read_json, write_json
 
 TRAIN_SCRIPT = REPO_ROOT / "blackbox" / "train.py"
 
@@ -35,16 +38,22 @@ class EvalFailure(Exception):
 
 
 def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dict:
-    """Train, then MMLU when the objective needs it; gpus: the CUDA_VISIBLE_DEVICES of this evaluation
+    """Train, then MMLU and ROUGE when the objective needs them; gpus: the CUDA_VISIBLE_DEVICES of this evaluation
     (None: leave it as it is, e.g. what Slurm gave the job). Raises EvalFailure."""
-    for stale in [*run_dir.glob("error*.json"), run_dir / "train_result.json", run_dir / "mmlu.json"]:
+    for stale in [*run_dir.glob("error*.json"), run_dir / "train_result.json", run_dir / "mmlu.json", run_dir / "mmlu_full.json",
+                  run_dir / "rouge.json", run_dir / PROGRESS_FILE]:
         stale.unlink(missing_ok=True)  # a requeued Slurm job starts again in the same folder
     timeout = config.launch.timeout_minutes
     deadline = time.time() + timeout * 60 if timeout else None
     metrics = _train(config, run_dir, gpus, deadline)
     if config.objective.needs_mmlu and "pruned_at" not in metrics:  # a pruned run is not worth its MMLU
-        metrics.update(_mmlu(config, run_dir, gpus, deadline))
+        mmlu = config.objective.mmlu  # the search's cheap MMLU when search_limit is set; finalists get limit after
+        limit = mmlu.search_limit if mmlu.search_limit is not None else mmlu.limit
+        metrics.update(_mmlu(config, run_dir, gpus, deadline, limit))
         metrics["eval_seconds"] = metrics.get("eval_seconds", 0.0) + metrics.get("mmlu_seconds", 0.0)
+    if config.objective.needs_rouge and "pruned_at" not in metrics:  # nor its generations
+        metrics.update(_rouge(run_dir, gpus, deadline))
+        metrics["eval_seconds"] = metrics.get("eval_seconds", 0.0) + metrics["rouge_seconds"]
     return metrics
 
 
@@ -70,7 +79,8 @@ OOM_TEXTS = ("CUDA out of memory", "OutOfMemoryError", "CUDA error: out of memor
 
 
 def _train(config, run_dir: Path, gpus, deadline) -> dict:
-    rc = _run_logged(_launch_command(config, run_dir), run_dir / "train.log", gpus, deadline)
+    with progress_bar(run_dir):
+        rc = _run_logged(_launch_command(config, run_dir), run_dir / "train.log", gpus, deadline)
     errors = [e for e in (read_json(p) for p in sorted(run_dir.glob("error*.json"))) if isinstance(e, dict)]
     if rc != 0 or errors:
         tail = tail_of(run_dir / "train.log")
@@ -90,33 +100,102 @@ def _train(config, run_dir: Path, gpus, deadline) -> dict:
     return result
 
 
-def _mmlu(config, run_dir: Path, gpus, deadline) -> dict:
+@contextmanager
+def progress_bar(run_dir: Path, every_seconds: float = 0.5):
+    """While the training child runs: a live bar of its progress.json on stderr (steps, loss, ETA),
+    only when stderr is a terminal (a log file or NOMAD's pipe gets the one line per evaluation)."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    stop = threading.Event()
+    thread = threading.Thread(target=_render_progress, args=(run_dir, stop, every_seconds), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _render_progress(run_dir: Path, stop: threading.Event, every_seconds: float) -> None:
+    from tqdm import tqdm
+
+    bar = None
+    while True:
+        stopping = stop.wait(every_seconds)
+        record = read_progress(run_dir)
+        if record is not None:
+            if bar is None:
+                bar = tqdm(total=record.get("max_steps") or None, desc=run_dir.name[:28], unit="step",
+                           leave=False, dynamic_ncols=True)
+            bar.n = record["step"]
+            loss = record.get("loss")
+            bar.set_postfix_str(f"loss {loss:.4g}" if isinstance(loss, (int, float)) else "", refresh=False)
+            bar.refresh()
+        if stopping:
+            break
+    if bar is not None:
+        bar.close()
+
+
+def finalist_work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dict:
+    """objective.finalists: MMLU of a finished run's kept adapter with mmlu.limit (None = every question),
+    into mmlu_full.json; no training. Raises EvalFailure (kind "adapter" when the adapter is gone)."""
+    if not (run_dir / "adapter").is_dir():
+        raise EvalFailure("adapter", f"run {run_dir.name} has no adapter (removed, or never kept): "
+                                     "its full MMLU cannot be measured")
+    timeout = config.launch.timeout_minutes
+    deadline = time.time() + timeout * 60 if timeout else None
+    return _mmlu(config, run_dir, gpus, deadline, config.objective.mmlu.limit, name="mmlu_full")
+
+
+def _mmlu(config, run_dir: Path, gpus, deadline, limit: int | None, name: str = "mmlu") -> dict:
     """lm-eval in a child; data-parallel over the evaluation's GPUs (one process per GPU) when it has
-    several. Device and dtype are resolved by torch in the child (`auto`)."""
+    several. Device and dtype are resolved by torch in the child (`auto`). <name>.json records the
+    limit (questions per subject, None = all) it was measured with as mmlu_limit."""
     mmlu = config.objective.mmlu
     processes = len(gpus) if gpus else 1
     launcher = _accelerate(processes) + ["-m"] if processes > 1 else [sys.executable, "-m"]
     cmd = launcher + [
         "eval.mmlu", "--model", config.resolve(config.model.path), "--adapter", str(run_dir / "adapter"),
         "--task", mmlu.task, "--num-fewshot", str(mmlu.num_fewshot), "--batch-size", str(mmlu.batch_size),
-        "--out", str(run_dir / "mmlu.json"), "--device", "auto", "--dtype", config.model.dtype]
+        "--out", str(run_dir / f"{name}.json"), "--device", "auto", "--dtype", config.model.dtype]
     if config.model.quantization:
         cmd += ["--quantization", config.model.quantization]
     if mmlu.data_dir:
         cmd += ["--data-dir", config.resolve(mmlu.data_dir)]
-    if mmlu.limit:
-        cmd += ["--limit", str(mmlu.limit)]
+    if limit:
+        cmd += ["--limit", str(limit)]
     if config.model.trust_remote_code:
         cmd.append("--trust-remote-code")
     t0 = time.time()
-    rc = _run_logged(cmd, run_dir / "mmlu.log", gpus, deadline)
-    result = read_json(run_dir / "mmlu.json")
+    (run_dir / f"{name}.json").unlink(missing_ok=True)  # a result is never one of an earlier attempt
+    rc = _run_logged(cmd, run_dir / f"{name}.log", gpus, deadline)
+    result = read_json(run_dir / f"{name}.json")
     if rc != 0 or not isinstance(result, dict) or not isinstance(result.get("mmlu"), (int, float)):
-        kind = "oom" if any(text in tail_of(run_dir / "mmlu.log", 400) for text in OOM_TEXTS) else "eval"
+        kind = "oom" if any(text in tail_of(run_dir / f"{name}.log", 400) for text in OOM_TEXTS) else "eval"
         raise EvalFailure(kind, _describe_exit(rc, "MMLU evaluation") if rc else "MMLU result missing",
-                          tail_of(run_dir / "mmlu.log"))
+                          tail_of(run_dir / f"{name}.log"))
     result["mmlu_seconds"] = time.time() - t0
     result["mmlu_processes"] = processes
+    result["mmlu_limit"] = limit
+    write_json(run_dir / f"{name}.json", result)
+    return result
+
+
+def _rouge(run_dir: Path, gpus, deadline) -> dict:
+    """Greedy generation + ROUGE in a child (python -m eval.rouge <run dir>: model, adapter, held-out pairs
+    and objective.generation from spec.json), one process on the evaluation's first GPU."""
+    cmd = [sys.executable, "-m", "eval.rouge", str(run_dir), "--out", str(run_dir / "rouge.json"),
+           "--generations", str(run_dir / "generations.jsonl")]
+    t0 = time.time()
+    rc = _run_logged(cmd, run_dir / "rouge.log", gpus[:1] if gpus else gpus, deadline)
+    result = read_json(run_dir / "rouge.json")
+    if rc != 0 or not isinstance(result, dict) or not all(isinstance(result.get(m), (int, float)) for m in ROUGE_METRICS):
+        kind = "oom" if any(text in tail_of(run_dir / "rouge.log", 400) for text in OOM_TEXTS) else "eval"
+        raise EvalFailure(kind, _describe_exit(rc, "ROUGE evaluation") if rc else "ROUGE result missing",
+                          tail_of(run_dir / "rouge.log"))
+    result["rouge_seconds"] = time.time() - t0
     return result
 
 

@@ -131,8 +131,11 @@ class TrainConfig:
     logging_steps: int = 10
     diverge_loss: float = 1.0e4  # a logged train loss above this (or NaN/inf) stops the run as diverged
     eval_every: float | None = 0.25  # validation loss every this fraction of the run (curve.json); None: at the end only
+    report_to: list[str] | str = field(default_factory=list)  # trackers (transformers' report_to): [tensorboard, mlflow]; "none"
+    keep_adapters: str = "all"  # all | best:k (the k best ok runs keep theirs) | none: disk use (core/adapters.py)
 
     def check(self):
+        self.report_to = _trackers(self.report_to)
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ConfigError("train: set train.epochs > 0 or train.max_steps > 0")
         _positive("train.per_device_batch_size", self.per_device_batch_size)
@@ -148,6 +151,37 @@ class TrainConfig:
         if self.eval_every is not None and not 0.0 < self.eval_every <= 0.5:
             raise ConfigError(f"train.eval_every: must be in (0, 0.5] (a fraction of the run) or null, "
                               f"got {self.eval_every}")
+        self.adapters_kept  # noqa: B018 - reading it checks train.keep_adapters
+
+    @property
+    def adapters_kept(self) -> int | None:
+        """How many of the best ok runs keep their adapter: None = all, 0 = none, k for best:k."""
+        value = self.keep_adapters
+        if value == "all":
+            return None
+        if value == "none":
+            return 0
+        head, _, k = str(value).partition(":")
+        if head == "best" and k.isdigit() and int(k) >= 1:
+            return int(k)
+        raise ConfigError(f"train.keep_adapters: {value!r} is not one of all, best:k (k >= 1), none")
+
+
+# What transformers' TrainingArguments.report_to accepts (INTEGRATION_TO_CALLBACK of transformers 5.23);
+# core/preflight.py knows the package each needs.
+TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb", "comet_ml", "clearml", "neptune", "dvclive", "swanlab",
+            "codecarbon", "dagshub", "azure_ml", "flyte", "kubeflow")
+
+
+def _trackers(value) -> list[str]:
+    """train.report_to as a list of tracker names: "none" is [], a single name is [name]."""
+    names = [] if value == "none" else [value] if isinstance(value, str) else list(value)
+    for name in names:
+        if name == "all":
+            raise ConfigError("train.report_to: name the trackers (e.g. [tensorboard, mlflow]); 'all' would "
+                              "depend on what happens to be installed")
+        _one_of("train.report_to", name, list(TRACKERS))
+    return names
 
 
 @dataclass
@@ -234,6 +268,35 @@ class MmluConfig:
                 raise error(f"{prefix}{name}: must be a positive integer, got {value!r}")
 
 
+ROUGE_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")  # eval/rouge.py measures all four at once
+VALIDATION_SPLIT = "validation"  # objective.generation.data: the experiment's own held-out split
+
+
+@dataclass
+class GenerationConfig:
+    """ROUGE of greedy generations (do_sample=False, num_beams=1: one answer per prompt, no sampling
+    noise between runs) on held-out instruction/response pairs; eval/rouge.py."""
+
+    data: str | None = VALIDATION_SPLIT  # validation (the experiment's validation split) or a .json/.jsonl file
+    format: str = "alpaca"  # the file's fields (core/data.py FORMATS); the validation split needs none
+    num_examples: int | None = 64  # the first N pairs (the validation split is shuffled already); null: all
+    max_new_tokens: int = 128  # generation stops at the eos token or after this many tokens
+    batch_size: int = 8  # prompts per generate call, left-padded
+    use_stemmer: bool = False  # Porter stemming before matching (rouge_score's option)
+
+    def check(self, metric: str):
+        key = "objective.generation"
+        if not self.data:
+            raise ConfigError(f"{key}.data: {metric} is measured on held-out instruction/response pairs: set it to "
+                              f"{VALIDATION_SPLIT} (the experiment's validation split) or a .json/.jsonl file of pairs")
+        if self.data != VALIDATION_SPLIT and not self.data.endswith((".json", ".jsonl")):
+            raise ConfigError(f"{key}.data: {self.data!r} is neither {VALIDATION_SPLIT} nor a .json/.jsonl file")
+        _one_of(f"{key}.format", self.format, [f for f in FORMATS if f != "messages"])  # pairs, not chats
+        _positive(f"{key}.num_examples", self.num_examples, allow_none=True)
+        _positive(f"{key}.max_new_tokens", self.max_new_tokens)
+        _positive(f"{key}.batch_size", self.batch_size)
+
+
 # Every output the blackbox can report, and whether NOMAD should minimise it as is. The sign rule
 # (metric_sign) is applied by ObjectiveConfig and objective_label, and nowhere else.
 METRICS = {
@@ -243,7 +306,7 @@ METRICS = {
     "train_seconds": "minimise",
     "eval_seconds": "minimise",
     "tokens_per_second": "maximise",
-}
+} | {name: "maximise" for name in ROUGE_METRICS}
 
 
 def metric_sign(metric: str) -> float:
@@ -260,13 +323,16 @@ def objective_label(metric: str | None) -> str:
 
 @dataclass
 class ObjectiveConfig:
-    metric: str = "val_loss"  # val_loss (minimised as is) or mmlu (accuracy; NOMAD minimises -mmlu)
+    metric: str = "val_loss"  # val_loss (minimised as is), mmlu or rouge1|rouge2|rougeL|rougeLsum (NOMAD minimises -metric)
     extra_outputs: list[str] = field(default_factory=lambda: ["val_loss", "train_loss", "train_seconds", "eval_seconds"])
     mmlu: MmluConfig = field(default_factory=MmluConfig)
     finalists: int = 0  # after the search, the k best points get MMLU with mmlu.limit (no retraining)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # for the ROUGE metrics
 
     def check(self):
-        _one_of("objective.metric", self.metric, ["val_loss", "mmlu"])
+        _one_of("objective.metric", self.metric, ["val_loss", "mmlu", *ROUGE_METRICS])
+        if self.needs_rouge:
+            self.generation.check(next(m for m in [self.metric, *self.extra_outputs] if m in ROUGE_METRICS))
         for name in self.extra_outputs:
             _one_of("objective.extra_outputs", name, list(METRICS))
         if self.needs_mmlu:
@@ -280,6 +346,10 @@ class ObjectiveConfig:
     @property
     def needs_mmlu(self) -> bool:
         return self.metric == "mmlu" or "mmlu" in self.extra_outputs
+
+    @property
+    def needs_rouge(self) -> bool:
+        return any(name in ROUGE_METRICS for name in [self.metric, *self.extra_outputs])
 
     @property
     def outputs(self) -> list[str]:
@@ -310,9 +380,13 @@ class NomadConfig:
     extra_lines: list[str] = field(default_factory=list)  # more NOMAD parameter lines, written as given
     count_failed: bool = False  # a resumed search counts its failed evaluations against the budget
     stop_after_failures: int = 3  # the first N evaluations of a search all failing the same way stop it (0: never)
+    initial_frame: float | None = None  # INITIAL_FRAME_SIZE as this fraction of each variable's range (None: NOMAD's)
 
     def check(self):
         _positive("nomad.budget", self.budget)
+        if self.initial_frame is not None and not (isinstance(self.initial_frame, (int, float))
+                                                   and 0 < self.initial_frame <= 1):
+            raise ConfigError(f"nomad.initial_frame: must be a fraction in (0, 1], got {self.initial_frame!r}")
         if self.stop_after_failures < 0:
             raise ConfigError(f"nomad.stop_after_failures: must be >= 0, got {self.stop_after_failures}")
         if self.lh_search is not None and (len(self.lh_search) != 2 or min(self.lh_search) < 0):
@@ -376,6 +450,11 @@ class ExperimentConfig:
         for part in (self.model, self.data, self.lora, self.train, self.launch, self.objective, self.nomad,
                      self.confirm, self.pruning, self.slurm):
             part.check()
+        kept = self.train.adapters_kept
+        if self.objective.finalists and kept is not None and kept < self.objective.finalists:
+            raise ConfigError(f"train.keep_adapters: {self.train.keep_adapters} keeps fewer adapters than "
+                              f"objective.finalists: {self.objective.finalists} needs (their MMLU runs on them): "
+                              f"use best:{self.objective.finalists} or all")
         if self.pruning.enabled and self.train.eval_every is None:
             raise ConfigError("pruning.enabled: needs checkpoints: set train.eval_every (e.g. 0.125)")
 
@@ -402,8 +481,10 @@ class ExperimentConfig:
                       "revision": self.model.revision, "quantization": self.model.quantization},
             "data": computed_settings(plain(self.data)),
             "lora": plain(self.lora),
-            # what is measured along the way, not what is trained: the curve's checkpoints leave the run id as it is
-            "train": {k: v for k, v in plain(self.train).items() if k not in ("logging_steps", "eval_every")},
+            # what is measured along the way, not what is trained: the curve's checkpoints and the trackers
+            # (train.report_to) leave the run id as it is; so does keep_adapters (which adapters stay on disk)
+            "train": {k: v for k, v in plain(self.train).items()
+                      if k not in ("logging_steps", "eval_every", "report_to", "keep_adapters")},
             "num_processes": self.launch.num_processes,
         }
         # What the files hold, not where they are: a moved or re-cloned checkout reuses its runs,
@@ -417,6 +498,13 @@ class ExperimentConfig:
             search_limit = mmlu.pop("search_limit")  # the search's runs measured this many; finalists' limit is not theirs
             fp["mmlu"] = {k: v for k, v in mmlu.items() if k != "data_dir"} | {
                 "data": content_identity(self.resolve(mmlu["data_dir"])), "limit": search_limit or mmlu["limit"]}
+        if self.objective.needs_rouge:  # the validation split is in fp["data"]; a file enters by content
+            generation = plain(self.objective.generation)
+            if generation["data"] == VALIDATION_SPLIT:
+                del generation["format"]  # the split's records are already in the common shape
+            else:
+                generation["data"] = content_identity(self.resolve(generation["data"]))
+            fp["generation"] = generation
         return fp
 
     def to_dict(self) -> dict:
@@ -571,8 +659,13 @@ def _convert(hint, value, key):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, key)
+        inner = [a for a in args if a is not type(None)]
+        for alternative in inner[:-1]:  # e.g. list[str] | str: the first that fits
+            try:
+                return _convert(alternative, value, key)
+            except ConfigError:
+                pass
+        return _convert(inner[-1], value, key)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")

@@ -126,3 +126,29 @@ def load_for_eval(run_dir: str | Path):
     _, val_set = load_tokenized(spec["data"], tokenizer, model_spec["path"], spec["cache_dir"])
     model = PeftModel.from_pretrained(load_base(model_spec, run_dtype(spec)), str(run_dir / "adapter"))
     return model.to(resolve_device()), val_set, collator_for(tokenizer, spec["data"]), spec
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what peft's save_pretrained writes (safetensors)
+
+
+def save_adapter(model, folder: str | Path, dtype) -> None:
+    """Save a run's LoRA adapter in the run's weights dtype (bf16 for a bf16 base), not in peft's fp32.
+
+    peft keeps adapter weights in fp32 whatever the base's dtype; cast_adapter casts the saved file,
+    so an adapter of a bf16 run takes half the disk and loads onto its base as trained."""
+    model.save_pretrained(str(folder))
+    cast_adapter(folder, dtype)
+
+
+def cast_adapter(folder: str | Path, dtype) -> None:
+    """The floating-point tensors of a saved adapter, cast to `dtype` in place (no-op when they are)."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(folder) / ADAPTER_WEIGHTS
+    tensors = load_file(str(path))
+    if all(t.dtype == dtype or not t.is_floating_point() for t in tensors.values()):
+        return
+    cast = {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(cast, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)  # a reader sees the old file or the new one

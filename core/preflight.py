@@ -7,14 +7,16 @@ settings need would otherwise fail every point of a search, one expensive
 launch at a time. Each check raises PreflightError (a ConfigError) with one line
 that names the setting and the fix; nothing is trained and no run folder is made.
 
-- `check_inputs`: local model, data and MMLU paths exist; every row of local JSON/JSON lines data has
-  its format's fields (after data.sources[].fields); a messages source has a chat template.
-  Cheap (no heavy imports; ~0.3 s for 50k rows): the blackbox runs it on every call.
+- `check_inputs`: local model, data, MMLU and ROUGE pair files exist; every row of local JSON/JSON lines
+  data (and ROUGE pairs) has its format's fields (after data.sources[].fields); a messages source has a
+  chat template. Cheap (no heavy imports; ~0.3 s for 50k rows): the blackbox runs it on every call.
 - `check_hub`: hub ids (model, datasets, the stock MMLU task) are in the local cache when
   HF_HUB_OFFLINE=1, or reachable with the current token otherwise.
 - `visible_gpus` / `gpu_slots`: the GPUs torch sees (CUDA_VISIBLE_DEVICES entries: indices,
   UUIDs or MIG ids), split into `launch.parallel` slots of `launch.num_processes`.
 - `slurm_slots`: with launch.executor=slurm, `launch.parallel` jobs in flight; sbatch must be on PATH.
+- `check_trackers`: the package of each tracker in train.report_to is importable; wandb can log
+  (WANDB_API_KEY, or WANDB_MODE=offline).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import json
 import os
 from pathlib import Path
 
-from core.config import ConfigError, ExperimentConfig
+from core.config import VALIDATION_SPLIT, ConfigError, ExperimentConfig
 from core.data import DataError, columns, is_inline_template, is_local, read_json_rows, row_problem
 
 
@@ -34,12 +36,16 @@ class PreflightError(ConfigError):
 # ---------------------------------------------------------------- local inputs
 
 def check_inputs(config: ExperimentConfig) -> None:
-    """Model, data and MMLU paths must exist, and local data must have its format's fields,
+    """Model, data, MMLU and ROUGE pair paths must exist, and local data must have its format's fields,
     before any run folder is made for them (a bad source is a config error, not a failed point)."""
     checks = [("model.path", config.model.path)] + [
         (f"data.sources[{i}].path", s.path) for i, s in enumerate(config.data.sources)]
     if config.objective.needs_mmlu and config.objective.mmlu.data_dir:
         checks.append(("objective.mmlu.data_dir", config.objective.mmlu.data_dir))
+    generation = config.objective.generation
+    pairs = [] if not config.objective.needs_rouge or generation.data == VALIDATION_SPLIT else [
+        ("objective.generation.data", generation.data, generation.format)]
+    checks += [(key, path) for key, path, _ in pairs]
     for key, path in checks:
         resolved = config.resolve(path)
         if is_local(path) and not Path(resolved).exists():
@@ -48,20 +54,22 @@ def check_inputs(config: ExperimentConfig) -> None:
         path = config.dir / config.data.chat_template
         if not path.is_file():
             raise PreflightError(f"data.chat_template: {path} does not exist (an inline template contains {{{{ or {{%)")
-    for i, source in enumerate(config.data.sources):
-        key = f"data.sources[{i}]"
-        fields = dataclasses.asdict(source.fields) if source.fields else None
-        path = config.resolve(source.path)
+    files = [(f"data.sources[{i}]", s.path, s.format, dataclasses.asdict(s.fields) if s.fields else None)
+             for i, s in enumerate(config.data.sources)] + [(key, path, fmt, None) for key, path, fmt in pairs]
+    for key, path, fmt, fields in files:
+        path = config.resolve(path)
         if is_local(path) and Path(path).is_file():
             try:
                 rows = read_json_rows(path, f"{key}.path")
             except DataError as e:
                 raise PreflightError(str(e)) from None
-            cols = columns(source.format, fields)
+            cols = columns(fmt, fields)
             for n, row in enumerate(rows):
                 problem = row_problem(row, cols)
                 if problem:
                     raise PreflightError(f"{key}: row {n + 1} of {path} {problem}")
+    for i, source in enumerate(config.data.sources):
+        key = f"data.sources[{i}]"
         if source.format == "messages" and not config.data.chat_template:
             model = config.resolve(config.model.path)
             if is_local(model) and not has_chat_template(model):
@@ -138,6 +146,49 @@ def _hub_problem(key: str, repo_id: str, repo_type: str, revision: str | None) -
     except Exception as e:  # noqa: BLE001 - no network here is not a reason to stop: warn
         return None, f"{key}: could not check {repo_id} on the hub ({type(e).__name__}); loading it may fail"
     return None, None
+
+
+# ---------------------------------------------------------------- trackers (train.report_to)
+
+# tracker -> (the module transformers looks for, the pip package that provides it)
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow-skinny"),
+    "trackio": ("trackio", "trackio"), "wandb": ("wandb", "wandb"), "comet_ml": ("comet_ml", "comet-ml"),
+    "clearml": ("clearml", "clearml"), "neptune": ("neptune", "neptune"), "dvclive": ("dvclive", "dvclive"),
+    "swanlab": ("swanlab", "swanlab"), "codecarbon": ("codecarbon", "codecarbon"), "dagshub": ("dagshub", "dagshub"),
+    "azure_ml": ("azureml.core", "azureml-core"), "flyte": ("flytekit", "flytekit"), "kubeflow": ("kubeflow", "kubeflow"),
+}
+
+
+def check_trackers(config: ExperimentConfig) -> None:
+    """Every tracker of train.report_to can be used, before a training that would crash on it at its
+    first step. Cheap: packages are found, not imported."""
+    import importlib.util
+
+    for name in config.train.report_to:
+        module, package = TRACKER_PACKAGES[name]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing (azureml) or broken
+            found = False
+        if not found:
+            raise PreflightError(f"train.report_to: {name} needs the {package} package: pip install {package} "
+                                 f"(or remove {name} from train.report_to)")
+        if name == "wandb" and not _wandb_can_log():
+            raise PreflightError("train.report_to: wandb has no API key: set WANDB_API_KEY or run `wandb login`, "
+                                 "or set WANDB_MODE=offline to log to local files only (`wandb sync` later)")
+
+
+def _wandb_can_log() -> bool:
+    """An API key in the environment or from `wandb login` (~/.netrc), or a mode that needs none."""
+    import netrc
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 # ---------------------------------------------------------------- GPUs
@@ -222,6 +273,7 @@ def check_before_training(config: ExperimentConfig) -> tuple[list[list[str] | No
     if given:
         return json.loads(given), []
     check_inputs(config)
+    check_trackers(config)
     warnings = check_hub(config)
     if config.launch.executor == "slurm":
         return slurm_slots(config), warnings

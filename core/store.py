@@ -99,6 +99,36 @@ class RunStore:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    @contextmanager
+    def try_lock(self, rid: str):
+        """Like lock, without waiting: yields False (and holds nothing) while another process holds it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".{rid}.lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def lock_held(self, rid: str) -> bool:
+        """Whether a live process holds the run's lock now (a run in state "running" whose lock is free
+        was left by a process that died). Never blocks; never creates the lock file."""
+        try:
+            f = open(self.root / f".{rid}.lock")
+        except OSError:
+            return False
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+
     def status(self, rid: str) -> dict | None:
         return read_json(self.run_dir(rid) / "status.json")
 

@@ -34,6 +34,39 @@ def test_analytic_landscapes_and_fit_check():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
 
 
+def test_new_landscapes_have_the_optima_they_describe():
+    sys.path.insert(0, str(REPO))
+    from benchmarks.landscapes import analytic_landscapes, cliff_like, flat_rank, rslora_like
+
+    assert [ls.name for ls in analytic_landscapes()][:2] == ["exp3-like", "exp1-like"]
+    cliff = cliff_like()
+    assert cliff.argmin["rank"] == 4  # the lowest rank ...
+    hp = dict(cliff.argmin)
+    assert cliff.noise_free(hp | {"lr": hp["lr"] * 0.8}) < cliff.optimum * 1.01  # ... a smaller lr costs little
+    assert cliff.noise_free(hp | {"lr": hp["lr"] * 1.4}) > cliff.optimum * 1.5  # ... 1.4x diverges (the cliff)
+    flat = flat_rank()
+    assert flat.argmin["dropout"] == 0.1
+    at = dict(flat.argmin)
+    m = flat.model  # rank barely matters, with the lr retuned for it (its best step lr * alpha / r)
+    at4 = at | {"rank": 4, "alpha": 12, "lr": m.s_ref * math.sqrt(m.r_ref / 4) * 4 / 12}
+    assert abs(flat.noise_free(at4) - flat.optimum) < 0.005
+    assert flat.noise_free(at | {"dropout": 0.0}) > flat.optimum * 1.015  # dropout does
+    rs = rslora_like()
+    best_alpha = {}
+    for r in (16, 64):  # at the optimum's lr, the best alpha per rank: grows with sqrt(rank)
+        best_alpha[r] = min(range(1, 129), key=lambda a: rs.noise_free(dict(rs.argmin) | {"rank": r, "alpha": a}))
+    assert 1.6 < best_alpha[64] / best_alpha[16] < 2.5
+
+
+def test_benchmark_nomad_starts_again_as_the_driver_does():
+    """exp3-like is all-integer: NOMAD's mesh bottoms out early, the driver's restarts spend the whole budget."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.search_efficiency import run_nomad
+
+    histories, crashes = run_nomad("exp3-like", {"label": "default"}, [0], 40)
+    assert crashes == 0 and len(histories[0]) == 40
+
+
 def test_search_efficiency_quick():
     out = run_module("benchmarks.search_efficiency", "--quick", "--noise", "0.0045")
     assert "fit check" in out and "Spearman" in out

@@ -62,6 +62,7 @@ def mutate(path, value):
     (["lora", "target_modules"], [], "lora.target_modules"),
     (["nomad", "budget"], "abc", "nomad.budget: expected an integer"),
     (["nomad", "budget"], 0, "nomad.budget: must be > 0"),
+    (["nomad", "initial_frame"], 1.5, r"nomad.initial_frame: must be a fraction in \(0, 1\]"),
     (["launch", "timeout_minutes"], -1, "launch.timeout_minutes"),
     (["space", "alpha"], {"times_rank": [16, 1]}, "lower bound 16 must be below"),
     (["name"], "../evil", "name: use letters"),

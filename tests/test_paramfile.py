@@ -52,3 +52,10 @@ def test_parallel_and_search_options_reach_the_file(tmp_path):
     assert "BB_MAX_BLOCK_SIZE 4" in text and "LH_SEARCH 5 0" in text and "VNS_MADS_SEARCH yes" in text
     assert "MEGA_SEARCH_POLL yes" in text  # blocks filled with search and poll points (benchmarks/parallelism.py)
     assert "MEGA_SEARCH_POLL" not in paramfile.render(load_config(REPO / "experiments" / "demo"))
+
+
+def test_initial_frame_is_a_fraction_of_each_range():
+    config = load_config(REPO / "experiments" / "llama2-7b-mmlu", ["nomad.initial_frame=0.3"])
+    # rank index 1..6, dropout index 1..5, alpha 1..64, log10 lr -6..-3: integers at least 1, the real one as is
+    assert "INITIAL_FRAME_SIZE ( 2 1 19 0.9 )" in paramfile.render(config)
+    assert "INITIAL_FRAME_SIZE" not in paramfile.render(load_config(REPO / "experiments" / "llama2-7b-mmlu"))

@@ -54,9 +54,13 @@ def test_llama2_7b_memory_matches_a_hand_calculation():
     assert 12 < plan.memory["weights"] < 13
     assert plan.memory_checkpointing["total"] < plan.memory["total"]
     assert plan.verdict == "fits"
-    assert plan.adapter_bytes == 159_907_840 * 4 and plan.disk_bytes == 159_907_840 * 4 * 50
+    assert plan.adapter_bytes == 159_907_840 * 2 and plan.disk_bytes == 159_907_840 * 2 * 50  # bf16 adapters
     text = plan.text()
     assert "fits" in text and "GiB" in text and "known_models/meta-llama--Llama-2-7b-hf.json" in text
+    # train.keep_adapters best:3: the 3 kept + the one trained but not yet ranked (launch.parallel 1)
+    kept = estimate(load_config(REPO / "experiments" / "llama2-7b-bbo3", ["train.keep_adapters=best:3"]),
+                    parse_gpus("4xA100-80GB"))
+    assert kept.disk_bytes == 159_907_840 * 2 * 4 and "for 4 adapters" in kept.text()
 
 
 def test_4bit_base_stores_the_decoder_linears_at_about_half_a_byte():

@@ -132,7 +132,7 @@ def test_columns_and_dtypes(fake):
     expected = (["run_id", "order", "status", "reason", "error_kind", "cached", "n_answers", "cached_hits", "source"]
                 + [f"x_{n}" for n in names] + ["rank", "alpha", "alpha_over_rank", "dropout", "lr",
                                                 "objective", "val_loss", "mmlu", "mmlu_arithmetic",
-                                                "mmlu_word_reversal", "train_loss", "train_seconds", "eval_seconds",
+                                                "mmlu_word_reversal", "mmlu_full", "train_loss", "train_seconds", "eval_seconds",
                                                 "wall_seconds", "tokens_per_second", "started", "finished"])
     assert list(df.columns[:len(expected)]) == expected
     assert "mmlu_n" in df and "log_history" not in df and "mmlu_subjects" not in df
@@ -325,6 +325,15 @@ def test_cli_results_top(fake):
     assert len(proc.stdout.strip().splitlines()) == 3
 
 
+def test_cli_overrides_after_an_option(fake):
+    """key=value overrides after an option still reach the config; an unknown option is still an error."""
+    proc = run_cli("bbo", "results", str(fake), "--top", "2", "objective.metric=mmlu")
+    assert proc.returncode == 0, proc.stderr
+    assert "objective (min) = -mmlu" in proc.stdout
+    proc = run_cli("bbo", "results", str(fake), "--top", "2", "--bogus")
+    assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
+
+
 # ---------------------------------------------------------------- a real search
 
 @pytest.mark.slow
@@ -364,7 +373,8 @@ def test_real_search_on_tiny_model(tmp_path):
     proc = run_cli("bbo", "plot", str(exp), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     pngs = sorted(out.glob("*.png"))
-    assert len(pngs) == 7
+    assert {p.name for p in pngs} == {"best_so_far.png", "parallel_coordinates.png", "learning_curves.png",
+                                      *(f"objective_vs_{hp}.png" for hp in ("rank", "alpha", "alpha_over_rank", "dropout", "lr"))}
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
     proc = run_cli("bbo", "report", str(exp))

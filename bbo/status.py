@@ -1,0 +1,140 @@
+"""`python -m bbo status experiments/X`: where a search stands, from its run folders, also while it runs.
+
+    python -m bbo status experiments/demo [key=value ...]     # the same overrides as `bbo run`
+
+Counts (ok, running, failed, pruned, interrupted), the best point so far, each running evaluation's
+progress (its progress.json: step/max, loss, ETA), the budget used and left, and an ETA for the search:
+evaluations left x mean evaluation time / launch.parallel. A run folder in state "running" is running
+while a process holds its lock (core/store.py); with the lock free its process died ("interrupted":
+the next search trains it again). Reads files only: cheap enough to run in a loop (`watch -n 10 ...`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.config import ExperimentConfig, objective_label
+from core.progress import describe, duration, read_progress
+from core.store import RunStore, State, read_json
+
+INTERRUPTED = "interrupted"  # state "running" (or no status yet) but no live process holds the lock
+
+
+@dataclass
+class Run:
+    run_id: str
+    state: str  # ok | failed | pruned | running | interrupted
+    hp: dict
+    objective: float | None = None
+    seconds: float | None = None  # started -> finished, for a finished run
+    progress: dict | None = None  # progress.json of a running one
+    confirms: str | None = None
+
+
+@dataclass
+class SearchStatus:
+    name: str
+    dir: Path
+    runs: list[Run] = field(default_factory=list)
+    budget: int = 0
+    parallel: int = 1
+    count_failed: bool = False
+    metric: str = "val_loss"
+
+    def of(self, state: str) -> list[Run]:
+        return [r for r in self.runs if r.state == state and not r.confirms]
+
+    @property
+    def best(self) -> Run | None:
+        ok = [r for r in self.of(State.OK.value) if r.objective is not None]
+        return min(ok, key=lambda r: r.objective) if ok else None
+
+    @property
+    def used(self) -> int:
+        """Evaluations that count against nomad.budget, as NOMAD counts its cache: successes (and the
+        failures too with nomad.count_failed)."""
+        counted = [State.OK.value, State.PRUNED.value] + ([State.FAILED.value] if self.count_failed else [])
+        return sum(len(self.of(state)) for state in counted)
+
+    @property
+    def left(self) -> int:
+        return max(0, self.budget - self.used)
+
+    @property
+    def mean_seconds(self) -> float | None:
+        times = [r.seconds for r in self.runs if r.seconds is not None and not r.confirms]
+        return sum(times) / len(times) if times else None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        mean = self.mean_seconds
+        return None if mean is None else self.left * mean / self.parallel
+
+
+def search_status(config: ExperimentConfig) -> SearchStatus:
+    """The state of every run folder of the experiment."""
+    store = RunStore(config.dir)
+    status = SearchStatus(config.name, config.dir, budget=config.nomad.budget, parallel=config.launch.parallel,
+                          count_failed=config.nomad.count_failed, metric=config.objective.metric)
+    for rid in store.run_ids():
+        status.runs.append(_run(store, rid))
+    return status
+
+
+def _run(store: RunStore, rid: str) -> Run:
+    run_dir = store.run_dir(rid)
+    params = read_json(run_dir / "params.json") or {}
+    info = store.status(rid) or {}
+    state = info.get("state")
+    if state not in (State.OK, State.FAILED, State.PRUNED):
+        state = State.RUNNING.value if store.lock_held(rid) else INTERRUPTED
+    run = Run(rid, str(state), params.get("hp") or {}, confirms=params.get("confirms"))
+    if state in (State.OK, State.PRUNED):
+        metrics = store.metrics(rid) or {}
+        if isinstance(metrics.get("objective"), (int, float)):
+            run.objective = float(metrics["objective"])
+    if isinstance(info.get("started"), (int, float)) and isinstance(info.get("finished"), (int, float)):
+        run.seconds = info["finished"] - info["started"]
+    if state == State.RUNNING:
+        run.progress = read_progress(run_dir)
+    return run
+
+
+def point_text(hp: dict) -> str:
+    if not hp:
+        return "?"
+    return f"rank={hp.get('rank')} alpha={hp.get('alpha', 0):g} dropout={hp.get('dropout', 0):g} lr={hp.get('lr', 0):.3g}"
+
+
+def status_text(status: SearchStatus) -> str:
+    counts = {state: len(status.of(state)) for state in ("ok", "running", "failed", "pruned", INTERRUPTED)}
+    lines = [f"{status.name}: {sum(counts.values())} run folders: " + ", ".join(
+        f"{n} {state}" for state, n in counts.items() if n or state in ("ok", "running", "failed", "pruned"))]
+    confirmations = [r for r in status.runs if r.confirms]
+    if confirmations:
+        lines.append(f"confirmation runs (other seeds): {len(confirmations)}")
+    best = status.best
+    if best:
+        lines.append(f"best so far: {objective_label(status.metric)} {best.objective:.6g} at {point_text(best.hp)} "
+                     f"({best.run_id})")
+    else:
+        lines.append("best so far: - (no evaluation has succeeded yet)")
+    for run in status.runs:
+        if run.state == State.RUNNING:
+            progress = describe(run.progress) if run.progress else "starting (no training step yet)"
+            lines.append(f"running: {point_text(run.hp)}: {progress} ({run.run_id})")
+    mean = status.mean_seconds
+    lines.append(f"budget: {status.used} of {status.budget} used, {status.left} left"
+                 + (f" (failed ones count: nomad.count_failed)" if status.count_failed else ""))
+    if status.left == 0:
+        lines.append("search ETA: budget spent")
+    elif mean is None:
+        lines.append("search ETA: - (no finished evaluation to time yet)")
+    else:
+        lines.append(f"search ETA: {duration(status.eta_seconds)} ({status.left} left x mean evaluation "
+                     f"{duration(mean)} / {status.parallel} at a time)")
+    interrupted = status.of(INTERRUPTED)
+    if interrupted:
+        lines.append(f"interrupted: {len(interrupted)} run(s) whose process died mid-way; the next "
+                     f"`python -m bbo run {status.dir}` trains them again")
+    return "\n".join(lines)
