@@ -653,13 +653,14 @@ def _count_local_tokens(config) -> tuple[int, int]:
     """Train and validation tokens of the tokenised split, built (or reused) as train.py does."""
     import datasets
 
-    from core.data import load_tokenized
+    from core.data import chat_template_text, load_tokenized
     from core.model import load_tokenizer
 
     cfg = config.to_dict()
     data = cfg["data"]
     for source in data["sources"]:
         source["path"] = config.resolve(source["path"])
+    data["chat_template"] = chat_template_text(config.data.chat_template, config.dir)
     model_path = config.resolve(config.model.path)
     tokenizer = load_tokenizer(model_path, config.model.revision, config.model.trust_remote_code)
     bars = datasets.is_progress_bar_enabled()

@@ -24,6 +24,7 @@ from blackbox.executors import executor_for
 from blackbox.work import EvalFailure
 from core.adapters import prune as prune_adapters
 from core.config import VALIDATION_SPLIT, ExperimentConfig
+from core.data import chat_template_text
 from core.failures import fix_for, read_stop, write_stop
 from core.preflight import check_before_training
 from core.pruning import rule_for as pruning_rule_for
@@ -263,6 +264,7 @@ def train_spec(config: ExperimentConfig, rid: str, hp: dict, pruning: dict | Non
     cfg["model"]["path"] = config.resolve(config.model.path)
     for source in cfg["data"]["sources"]:
         source["path"] = config.resolve(source["path"])
+    cfg["data"]["chat_template"] = chat_template_text(config.data.chat_template, config.dir)  # the text itself
     if cfg["objective"]["generation"]["data"] != VALIDATION_SPLIT:  # ROUGE's held-out pairs from a file
         cfg["objective"]["generation"]["data"] = config.resolve(cfg["objective"]["generation"]["data"])
     return {"run_id": rid, "hp": hp, "model": cfg["model"], "data": cfg["data"], "lora": cfg["lora"],

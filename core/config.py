@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from core.data import FORMATS, TEMPLATES
+from core.data import FORMATS, TEMPLATES, computed_settings, is_inline_template
 from core.space import SearchSpace, SpaceError
 
 
@@ -47,15 +47,34 @@ class ModelConfig:
 
 
 @dataclass
+class SourceFields:
+    """The row fields a source is read from, for files with other column names (unset: the format's own)."""
+
+    instruction: str | None = None
+    input: str | None = None
+    output: str | None = None
+    messages: str | None = None  # the column of chat turns, for format messages
+
+
+@dataclass
 class DataSource:
     path: str  # local .json/.jsonl file, or a hub dataset id
-    format: str = "alpaca"  # alpaca (instruction/input/output) | dolly (instruction/context/response): core/data.py FORMATS
+    format: str = "alpaca"  # alpaca (instruction/input/output) | dolly (instruction/context/response) | messages (chat turns): core/data.py FORMATS
     max_samples: int | None = None  # take at most this many (seeded shuffle first): mixes sources without resampling
     split: str = "train"  # split name, for hub datasets
+    fields: SourceFields | None = None  # e.g. {instruction: question, output: answer}, {messages: conversation}
 
     def check(self, key):
         _one_of(f"{key}.format", self.format, list(FORMATS))
         _positive(f"{key}.max_samples", self.max_samples, allow_none=True)
+        for name, value in dataclasses.asdict(self.fields or SourceFields()).items():
+            if value is None:
+                continue
+            if name not in FORMATS[self.format]:
+                raise ConfigError(f"{key}.fields.{name}: not a field of format {self.format} "
+                                  f"(it maps {', '.join(FORMATS[self.format])})")
+            if not value.strip():
+                raise ConfigError(f"{key}.fields.{name}: must name a column, got {value!r}")
 
 
 @dataclass
@@ -66,6 +85,7 @@ class DataConfig:
     split_seed: int = 0
     max_length: int = 512  # tokens; longer examples are truncated
     packing: bool = True  # pack examples into full rows (no padding); attention stays per example
+    chat_template: str | None = None  # for format messages: a Jinja template, or a file (default: the tokenizer's own)
 
     def check(self):
         if not self.sources:
@@ -76,6 +96,8 @@ class DataConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction: must be in (0, 1), got {self.val_fraction}")
         _positive("data.max_length", self.max_length)
+        if self.chat_template is not None and not self.chat_template.strip():
+            raise ConfigError("data.chat_template: empty; give a Jinja template, a file, or leave it unset")
 
 
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -269,7 +291,7 @@ class GenerationConfig:
                               f"{VALIDATION_SPLIT} (the experiment's validation split) or a .json/.jsonl file of pairs")
         if self.data != VALIDATION_SPLIT and not self.data.endswith((".json", ".jsonl")):
             raise ConfigError(f"{key}.data: {self.data!r} is neither {VALIDATION_SPLIT} nor a .json/.jsonl file")
-        _one_of(f"{key}.format", self.format, list(FORMATS))
+        _one_of(f"{key}.format", self.format, [f for f in FORMATS if f != "messages"])  # pairs, not chats
         _positive(f"{key}.num_examples", self.num_examples, allow_none=True)
         _positive(f"{key}.max_new_tokens", self.max_new_tokens)
         _positive(f"{key}.batch_size", self.batch_size)
@@ -457,7 +479,7 @@ class ExperimentConfig:
         fp = {
             "model": {"identity": content_identity(model_path), "dtype": self.model.dtype,
                       "revision": self.model.revision, "quantization": self.model.quantization},
-            "data": plain(self.data),
+            "data": computed_settings(plain(self.data)),
             "lora": plain(self.lora),
             # what is measured along the way, not what is trained: the curve's checkpoints and the trackers
             # (train.report_to) leave the run id as it is; so does keep_adapters (which adapters stay on disk)
@@ -469,6 +491,8 @@ class ExperimentConfig:
         # and a data file edited in place gets new run ids.
         fp["data"]["sources"] = [{k: v for k, v in s.items() if k != "path"} | {"identity": content_identity(
             self.resolve(s["path"]))} for s in fp["data"]["sources"]]
+        if "chat_template" in fp["data"] and not is_inline_template(self.data.chat_template):
+            fp["data"]["chat_template"] = content_identity(self.resolve(self.data.chat_template))
         if self.objective.needs_mmlu:
             mmlu = plain(self.objective.mmlu)
             search_limit = mmlu.pop("search_limit")  # the search's runs measured this many; finalists' limit is not theirs

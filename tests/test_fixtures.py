@@ -57,10 +57,10 @@ def file_hashes(root: Path) -> dict:
 
 def test_paths_and_stamp(assets):
     out = Path(assets["model"]).parent
-    assert set(assets) == {"model", "train", "dolly", "mmlu"}
+    assert set(assets) == {"model", "train", "dolly", "mmlu", "chat"}
     assert assets == fixtures.asset_paths(out)
     assert Path(assets["train"]) == out / "data" / "alpaca.jsonl"
-    for name in ("train", "dolly"):
+    for name in ("train", "dolly", "chat"):
         assert Path(assets[name]).is_file()
     assert (Path(assets["mmlu"]) / "dev.jsonl").is_file() and (Path(assets["mmlu"]) / "test.jsonl").is_file()
     assert (out / "STAMP").read_text() == fixtures.stamp()
