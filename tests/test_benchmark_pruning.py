@@ -33,7 +33,7 @@ def test_optimum_is_the_table_minimum_and_curves_end_at_it(curves):
 
 def test_templates_settings_are_read_from_the_paper_experiments():
     settings, variant = bench.template_settings()
-    assert settings == {"eval_every": 0.25, "warmup": 0.25, "percentile": 50.0, "min_runs": 5}
+    assert settings == {"eval_every": 0.25, "warmup": 0.5, "percentile": 50.0, "min_runs": 3}
     assert variant["nomad"] == {"lh_search": [5, 0]}  # rendered by nomad_lines as `bbo run` renders it
 
 
@@ -96,8 +96,8 @@ def test_script_quick():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
-    assert "paper templates' settings: eval_every 0.25, warmup 0.25, percentile 50, min_runs 5" in out
-    templates = "eval_every 0.25, warmup 0.25, percentile 50, min_runs 5"
+    assert "paper templates' settings: eval_every 0.25, warmup 0.5, percentile 50, min_runs 3" in out
+    templates = "eval_every 0.25, warmup 0.5, percentile 50, min_runs 3"
     for row in ("| NOMAD | off |", f"| NOMAD | {templates} |", "| Optuna TPE | off |", f"| Optuna TPE | {templates} |"):
         assert row in out
     assert "ratio pruned / unpruned" in out and out.count("/2 |") == 4  # runs reaching 1% of 2 seeds, 4 rows
