@@ -36,7 +36,7 @@ CASES = {
     "dropout out of range by hand": (None, ["--dropout", "1.5"], "dropout: must be in [0, 1)"),
     "rank not an integer by hand": (None, ["--rank", "4.5"], "rank: must be an integer"),
     "point file and flags": ("2 1 1 -3\n", ["--rank", "4"], "not both"),
-    "data without its fields": (None, ["BAD_DATA"], "has no 'instruction' field"),
+    "data without its fields": (None, ["BAD_DATA"], "has no field 'instruction'"),
 }
 
 

@@ -87,7 +87,7 @@ def test_config_rules_sign_and_fingerprint(tmp_path, assets):
     before = load_config(experiment, on_file).fingerprint()
     pairs.write_text(pairs.read_text() + json.dumps({"instruction": "Add 2 and 2.", "context": "", "response": "4"}) + "\n")
     assert load_config(experiment, on_file).fingerprint() != before
-    with pytest.raises(PreflightError, match="objective.generation.data: .* has no 'output' field"):
+    with pytest.raises(PreflightError, match="objective.generation.data: .* has no field 'output'"):
         check_inputs(load_config(experiment, on_file[:2]))  # alpaca needs instruction/output: it is dolly
     with pytest.raises(PreflightError, match="objective.generation.data: .*missing.jsonl does not exist"):
         check_inputs(load_config(experiment, ["objective.metric=rougeL",
