@@ -457,6 +457,11 @@ class ExperimentConfig:
                               f"use best:{self.objective.finalists} or all")
         if self.pruning.enabled and self.train.eval_every is None:
             raise ConfigError("pruning.enabled: needs checkpoints: set train.eval_every (e.g. 0.125)")
+        chats = [i for i, source in enumerate(self.data.sources) if source.format == "messages"]
+        if self.objective.needs_rouge and self.objective.generation.data == VALIDATION_SPLIT and chats:
+            raise ConfigError(f"objective.generation.data: ROUGE prompts are instruction/response pairs, but "
+                              f"data.sources[{chats[0]}] is chat data (format messages): give a .json/.jsonl "
+                              f"file of pairs")
 
     def resolve(self, path: str | None) -> str | None:
         """A path from the config: relative ones are relative to the experiment folder; hub ids pass through."""

@@ -70,6 +70,9 @@ def test_config_rules_sign_and_fingerprint(tmp_path, assets):
             load_config(experiment, ["objective.metric=rougeL", bad])
     with pytest.raises(ConfigError, match="objective.generation.max_new_tokens"):  # also as an extra output
         load_config(experiment, ["objective.extra_outputs=[rouge2]", "objective.generation.max_new_tokens=0"])
+    chat = ["objective.metric=rougeL", "data.sources=[{path: chat.jsonl, format: messages}]", "data.chat_template={{x}}"]
+    with pytest.raises(ConfigError, match=r"data\.sources\[0\] is chat data"):  # pairs, not chats: a file of pairs
+        load_config(experiment, chat)
 
     # what changes the generations changes the run id; without a ROUGE metric they are not in it
     base = load_config(experiment).fingerprint()
