@@ -165,3 +165,21 @@ def test_a_preempted_job_is_requeued_and_finishes(tmp_path, assets):
     (run_dir,) = [p for p in (experiment / "runs").iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
     assert (run_dir / "train.log").read_text().count("$ ") == 2  # trained twice: before and after the requeue
     assert json.loads((run_dir / "slurm.json").read_text())["state"] == "COMPLETED"
+
+
+def test_pruning_on_slurm_stops_a_run_worse_than_the_median_in_its_job(tmp_path, assets):
+    """The thresholds travel in the run's spec: a Slurm job prunes as a local training does."""
+    experiment = make_experiment(tmp_path, assets, train={"max_steps": 8, "logging_steps": 2, "eval_every": 0.25},
+                                 objective={"metric": "val_loss", "extra_outputs": ["val_loss"]},
+                                 pruning={"enabled": True, "warmup": 0.5, "percentile": 50, "min_runs": 2},
+                                 **ON_SLURM)
+    point = ["--rank", "4", "--alpha", "8", "--dropout", "0", "--lr"]
+    for lr in ("0.01", "0.02", "1e-05"):  # two good finished runs, then one that barely learns
+        proc = run("blackbox", "--experiment", str(experiment), *point, lr)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pruned at 50% of training" in proc.stderr
+    df = load_runs(experiment).set_index("lr")
+    assert list(df.loc[[0.01, 0.02], "status"]) == ["ok", "ok"] and df.loc[1e-05, "status"] == "pruned"
+    assert df.loc[1e-05, "pruned_at"] == 0.5 and set(df["slurm_state"]) == {"COMPLETED"}
+    (run_dir,) = (experiment / "runs").glob("r4-a8-d0-lr1e-05-*")
+    assert not (run_dir / "adapter").exists()
