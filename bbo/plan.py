@@ -744,7 +744,7 @@ def mmlu_cost(plan: Plan, config) -> None:
         return sum(n if limit is None else min(n, limit) for n in counts.values())
 
     plan.mmlu_questions = counts
-    plan.mmlu_search = questions(mmlu.search_limit if mmlu.search_limit is not None else mmlu.limit)
+    plan.mmlu_search = questions(mmlu.search_questions)
     plan.mmlu_full = questions(mmlu.limit)
 
 

@@ -124,7 +124,7 @@ def _finalists_section(df, config) -> list[str]:
     if table.empty:
         return []
     mmlu = config.objective.mmlu
-    search = mmlu.search_limit if mmlu.search_limit is not None else mmlu.limit
+    search = mmlu.search_questions
     lines = ["## Finalists on the full MMLU", "",
              f"The {len(table)} best points of the search measured again on their kept adapters, no retraining "
              f"(`python -m bbo finalists`): `mmlu` with {_questions(search)} per subject during the search, "

@@ -47,9 +47,8 @@ def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dic
     deadline = time.time() + timeout * 60 if timeout else None
     metrics = _train(config, run_dir, gpus, deadline)
     if config.objective.needs_mmlu and "pruned_at" not in metrics:  # a pruned run is not worth its MMLU
-        mmlu = config.objective.mmlu  # the search's cheap MMLU when search_limit is set; finalists get limit after
-        limit = mmlu.search_limit if mmlu.search_limit is not None else mmlu.limit
-        metrics.update(_mmlu(config, run_dir, gpus, deadline, limit))
+        # the search's cheap MMLU when search_limit is set; finalists get mmlu.limit after
+        metrics.update(_mmlu(config, run_dir, gpus, deadline, config.objective.mmlu.search_questions))
         metrics["eval_seconds"] = metrics.get("eval_seconds", 0.0) + metrics.get("mmlu_seconds", 0.0)
     if config.objective.needs_rouge and "pruned_at" not in metrics:  # nor its generations
         metrics.update(_rouge(run_dir, gpus, deadline))

@@ -249,6 +249,11 @@ class MmluConfig:
     search_limit: int | None = None  # questions per subject during the search (objective.finalists: the full run after)
     batch_size: int = 8
 
+    @property
+    def search_questions(self) -> int | None:
+        """Questions per subject a search's run measures: search_limit when set, else limit (None = all)."""
+        return self.search_limit if self.search_limit is not None else self.limit
+
     def check(self):
         self.check_values(ConfigError, "objective.mmlu.")
         if self.task == "mmlu_local" and not self.data_dir:
@@ -500,9 +505,9 @@ class ExperimentConfig:
             fp["data"]["chat_template"] = content_identity(self.resolve(self.data.chat_template))
         if self.objective.needs_mmlu:
             mmlu = plain(self.objective.mmlu)
-            search_limit = mmlu.pop("search_limit")  # the search's runs measured this many; finalists' limit is not theirs
+            mmlu.pop("search_limit")  # the search's runs measured search_questions; finalists' limit is not theirs
             fp["mmlu"] = {k: v for k, v in mmlu.items() if k != "data_dir"} | {
-                "data": content_identity(self.resolve(mmlu["data_dir"])), "limit": search_limit or mmlu["limit"]}
+                "data": content_identity(self.resolve(mmlu["data_dir"])), "limit": self.objective.mmlu.search_questions}
         if self.objective.needs_rouge:  # the validation split is in fp["data"]; a file enters by content
             generation = plain(self.objective.generation)
             if generation["data"] == VALIDATION_SPLIT:
