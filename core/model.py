@@ -12,6 +12,14 @@ import os
 from pathlib import Path
 
 
+def add_loading_arguments(parser) -> None:
+    """The model-loading options of the evaluation commands (python -m eval.mmlu, eval.rouge)."""
+    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--device", default="auto", help="auto (a GPU if torch sees one), cuda, cuda:N or cpu")
+    parser.add_argument("--quantization", default=None, choices=["4bit"], help="4bit: NF4 base weights (QLoRA)")
+    parser.add_argument("--trust-remote-code", action="store_true")
+
+
 def resolve_device(device: str = "auto") -> str:
     """`auto` = cuda when torch sees a GPU, else cpu; anything else as given (cuda:1, cpu)."""
     if device != "auto":

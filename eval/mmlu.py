@@ -38,7 +38,7 @@ import tempfile
 from pathlib import Path
 
 from core.config import MMLU_TASKS, MmluConfig
-from core.model import load_model, load_tokenizer, resolve_device, resolve_dtype
+from core.model import add_loading_arguments, load_model, load_tokenizer, resolve_device, resolve_dtype
 
 TEMPLATE = Path(__file__).resolve().parent / "tasks" / "mmlu_local" / "_mmlu_local_template_yaml"
 _SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -257,10 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-fewshot", type=int, default=5)
     parser.add_argument("--limit", type=int, default=None, help="max examples per subject")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
-    parser.add_argument("--device", default="auto", help="auto (a GPU if torch sees one), cuda, cuda:N or cpu")
-    parser.add_argument("--quantization", default=None, choices=["4bit"], help="4bit: NF4 base weights (QLoRA)")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    add_loading_arguments(parser)
     parser.add_argument("--work-dir", default=None, help="where to write the generated task YAMLs (default: temp)")
     parser.add_argument("--out", default=None, help="also write the result JSON here")
     args = parser.parse_args(argv)

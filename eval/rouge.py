@@ -29,7 +29,7 @@ from pathlib import Path
 
 from core.config import ROUGE_METRICS, VALIDATION_SPLIT, ConfigError, GenerationConfig
 from core.data import FORMATS, TEMPLATES, build_split, format_prompt, load_source
-from core.model import load_base, load_tokenizer, resolve_device, resolve_dtype
+from core.model import add_loading_arguments, load_base, load_tokenizer, resolve_device, resolve_dtype
 
 GREEDY = {"do_sample": False, "num_beams": 1}
 
@@ -176,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's, or 128")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's, or 8")
     parser.add_argument("--use-stemmer", action="store_true", help="Porter stemming before matching")
-    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
-    parser.add_argument("--device", default="auto", help="auto (a GPU if torch sees one), cuda, cuda:N or cpu")
-    parser.add_argument("--quantization", default=None, choices=["4bit"], help="4bit: NF4 base weights (QLoRA)")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    add_loading_arguments(parser)
     parser.add_argument("--out", default=None, help="also write the result JSON here")
     parser.add_argument("--generations", default=None, help="write prompt, reference, prediction per pair (JSON lines)")
     args = parser.parse_args(argv)
