@@ -31,10 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-from bbo.paramfile import check, render
+from bbo.paramfile import check, render, write_start_points
 from core.config import ConfigError, env_overrides, load_config
 from core.failures import read_stop
-from core.nomadtext import FAILED, KEEP_FILE, NOMAD_DIR, param_lines, parse_params, read_cache
+from core.nomadtext import FAILED, KEEP_FILE, NOMAD_DIR, X0_FILE, param_lines, parse_params, read_cache
 
 MAX_RESTARTS = 50
 RESTART_SUFFIX = ".restart"  # a new start writes its own history file, appended to the search's after it
@@ -50,13 +50,29 @@ def prepare_lines(text: str, folder: Path, resume: bool = False, where: str = "p
     for keyword in ("CACHE_FILE", "HISTORY_FILE", "SOLUTION_FILE", "STATS_FILE"):
         for value in entries.get(keyword, []):
             (folder / value.split()[0]).parent.mkdir(parents=True, exist_ok=True)
-    lines = [line.text for line in param_lines(text)]
+    lines = [_absolute_x0(line, folder, where) for line in param_lines(text)]
     if resume and "CACHE_FILE" in entries and "MAX_BB_EVAL" in entries:
         budget = int(entries["MAX_BB_EVAL"][-1]) - counted(folder, lines, count_failed)
         if budget <= 0:
             return None
-        lines = [line.text for line in param_lines(text) if line.keyword != "MAX_BB_EVAL"] + [f"MAX_BB_EVAL {budget}"]
+        lines = [line for line in lines if line.split()[0].upper() != "MAX_BB_EVAL"] + [f"MAX_BB_EVAL {budget}"]
     return lines + [f"PROBLEM_DIR {folder}/"]
+
+
+def _absolute_x0(line, folder: Path, where: str) -> str:
+    """An X0 file named relative to the parameter file's folder, as an absolute path: NOMAD reads it
+    relative to its working folder, which PROBLEM_DIR does not change."""
+    if line.keyword != "X0" or line.value.startswith("(") or not line.value:
+        return line.text
+    try:
+        float(line.value.split()[0])
+        return line.text  # X0 written without parentheses
+    except ValueError:
+        pass
+    path = folder / line.value.split()[0]
+    if not path.is_file():
+        raise ConfigError(f"{where}:{line.number}: X0 file {line.value.split()[0]} not found in {folder}")
+    return f"X0 {path.resolve()}"
 
 
 def counted(folder: Path, lines: list[str], count_failed: bool) -> int | None:
@@ -121,7 +137,8 @@ def rotate_stale_nomad_files(config) -> None:
     signature = hashlib.sha256(blob.encode()).hexdigest()[:16]
     folder = config.dir / NOMAD_DIR
     stamp = folder / "problem.sha256"
-    files = [p for p in folder.iterdir() if p.name != KEEP_FILE] if folder.exists() else []
+    mine = (KEEP_FILE, Path(X0_FILE).name)  # written from experiment.yaml, not by NOMAD
+    files = [p for p in folder.iterdir() if p.name not in mine] if folder.exists() else []
     if files and (not stamp.exists() or stamp.read_text().strip() != signature):
         aside = config.dir / f"{NOMAD_DIR}.old-{time.strftime('%Y%m%d-%H%M%S')}"
         aside.mkdir()
@@ -145,6 +162,7 @@ def main(argv=None) -> int:
             config = load_config(args.experiment, env_overrides())
             folder, text, where = config.dir, render(config), f"{config.dir}/experiment.yaml"
             rotate_stale_nomad_files(config)
+            write_start_points(config)
         elif args.param_file:
             path = Path(args.param_file)
             if not path.is_file():

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from core.config import ConfigError, ExperimentConfig
-from core.nomadtext import CACHE_FILE, HISTORY_FILE, KEEP_FILE, NOMAD_DIR, SOLUTION_FILE, parse_params
+from core.nomadtext import CACHE_FILE, HISTORY_FILE, KEEP_FILE, NOMAD_DIR, SOLUTION_FILE, X0_FILE, parse_params
 
 
 def _vector(values) -> str:
@@ -39,7 +39,7 @@ def render(config: ExperimentConfig) -> str:
         f"DIMENSION {space.dimension}",
         f"BB_INPUT_TYPE ( {' '.join(space.input_types)} )",
         f"BB_OUTPUT_TYPE {' '.join(outputs)}",
-        f"X0 {_vector(space.x0)}",
+        f"X0 {X0_FILE}" if config.nomad.start_points else f"X0 {_vector(space.x0)}",
         f"LOWER_BOUND {_vector(space.lower)}",
         f"UPPER_BOUND {_vector(space.upper)}",
         f"MAX_BB_EVAL {config.nomad.budget}",
@@ -75,6 +75,21 @@ def initial_frame(space, fraction: float) -> list:
     return out
 
 
+def start_points_text(config: ExperimentConfig) -> str | None:
+    """The X0 file of nomad.start_points (X0 first, then the seeded Latin-hypercube points); None without."""
+    if not config.nomad.start_points:
+        return None
+    points = config.space.start_design(config.nomad.start_points, config.nomad.seed)
+    return "".join(" ".join(_number(v) for v in point) + "\n" for point in points)
+
+
+def write_start_points(config: ExperimentConfig) -> None:
+    text = start_points_text(config)
+    if text is not None:
+        (config.dir / X0_FILE).parent.mkdir(exist_ok=True)
+        (config.dir / X0_FILE).write_text(text)
+
+
 def render_bb_script(config: ExperimentConfig) -> str:
     root = os.path.relpath(Path(__file__).resolve().parent.parent, config.dir)
     return f"""#!/bin/sh
@@ -100,6 +115,7 @@ def write(config: ExperimentConfig) -> Path:
     keep = config.dir / NOMAD_DIR / KEEP_FILE
     keep.parent.mkdir(exist_ok=True)
     keep.touch()
+    write_start_points(config)
     path = config.dir / "param.txt"
     path.write_text(render(config))
     script = config.dir / "bb.sh"
@@ -119,6 +135,12 @@ def check(config: ExperimentConfig, path: Path | None = None) -> None:
         if _normalize(found.get(keyword)) != _normalize(expected.get(keyword)):
             raise ConfigError(f"{path}: {keyword} is {found.get(keyword)} but experiment.yaml gives "
                               f"{expected.get(keyword)}; regenerate with `python -m bbo paramfile {config.dir}`")
+    text = start_points_text(config)
+    x0_file = path.parent / X0_FILE
+    if text is not None and (not x0_file.exists() or x0_file.read_text() != text):
+        raise ConfigError(f"{x0_file}: {'missing' if not x0_file.exists() else 'not the start points of'} "
+                          f"nomad.start_points={config.nomad.start_points}, seed {config.nomad.seed}; "
+                          f"regenerate with `python -m bbo paramfile {config.dir}`")
 
 
 def _normalize(values):

@@ -87,14 +87,15 @@ def template_settings() -> tuple[dict, dict]:
         c = load_config(path)
         found.add((c.pruning.enabled, c.train.eval_every, c.pruning.warmup, c.pruning.percentile,
                    c.pruning.min_runs, tuple(c.nomad.lh_search or ()), tuple(c.nomad.extra_lines),
-                   c.nomad.initial_frame))
+                   c.nomad.initial_frame, c.nomad.start_points))
     if len(found) != 1:
         raise SystemExit(f"error: the paper templates differ in pruning/nomad settings: {sorted(found)}")
-    enabled, eval_every, warmup, percentile, min_runs, lh, extra, frame = found.pop()
+    enabled, eval_every, warmup, percentile, min_runs, lh, extra, frame, start_points = found.pop()
     if not enabled:
         raise SystemExit("error: the paper templates have pruning.enabled false")
     settings = {"eval_every": eval_every, "warmup": warmup, "percentile": percentile, "min_runs": min_runs}
-    nomad = {"lh_search": list(lh) or None, "extra_lines": list(extra), "initial_frame": frame}
+    nomad = {"lh_search": list(lh) or None, "extra_lines": list(extra), "initial_frame": frame,
+             "start_points": start_points}
     variant = {"label": "templates", "nomad": {k: v for k, v in nomad.items() if v}}
     return settings, variant
 
@@ -216,7 +217,7 @@ def _nomad_child(csv_path: str, variant: dict, settings: dict | None, seed: int,
 
     space_dict = {k: dict(v, x0=x0[k]) if x0 and k in x0 else v for k, v in curves.space.items()}
     with tempfile.TemporaryDirectory() as folder:
-        lines = nomad_lines(space_dict, budget, seed, variant) + [f"CACHE_FILE {folder}/cache.txt"]
+        lines = nomad_lines(space_dict, budget, seed, variant, Path(folder))
         start(lines)
         start_again_until_spent(lines, Path(folder), 0, start)
     conn.close()

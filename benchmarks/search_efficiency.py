@@ -75,6 +75,13 @@ VARIANTS = [
     {"label": "LH 5 0 + frame 0.3", "nomad": {"lh_search": [5, 0], "initial_frame": 0.3}},
     {"label": "frame 0.5", "nomad": {"initial_frame": 0.5}},
     {"label": "LH 5 0 + frame 0.5", "nomad": {"lh_search": [5, 0], "initial_frame": 0.5}},
+    # the project's own seeded Latin-hypercube points (nomad.start_points): unlike LH_SEARCH's, they change with SEED
+    {"label": "start 5", "nomad": {"start_points": 5}},
+    {"label": "start 6", "nomad": {"start_points": 6}},
+    {"label": "start 8", "nomad": {"start_points": 8}},
+    {"label": "start 10", "nomad": {"start_points": 10}},
+    {"label": "start 8 + frame 0.25", "nomad": {"start_points": 8, "initial_frame": 0.25}},
+    {"label": "start 8 + N+1 UNI", "nomad": {"start_points": 8, "extra_lines": ["DIRECTION_TYPE N+1 UNI"]}},
 ]
 # The variant the --tune sweep picked on the tuning seeds (without --tune the main table uses this one; with --tune,
 # the sweep's winner); the main table reports disjoint seeds. See docs/benchmarks.md.
@@ -115,18 +122,23 @@ def variant_space(space: dict, variant: dict) -> dict:
 
 # ---------------------------------------------------------------- NOMAD, as the project runs it
 
-def nomad_lines(space: dict, budget: int, seed: int, variant: dict, parallel: int = 1) -> list[str]:
+def nomad_lines(space: dict, budget: int, seed: int, variant: dict, folder: Path, parallel: int = 1) -> list[str]:
     """The parameter lines bbo.paramfile.render writes for an experiment with this space, nomad section and
-    launch.parallel (BB_MAX_BLOCK_SIZE and what goes with it)."""
-    from bbo.paramfile import render
+    launch.parallel (BB_MAX_BLOCK_SIZE and what goes with it); nomad.start_points' X0 file goes to folder."""
+    from bbo.paramfile import render, start_points_text
     from core.config import from_dict
     from core.nomadtext import param_lines
 
     raw = {"name": "bench", "model": {"path": "unused"}, "data": {"sources": [{"path": "unused.jsonl"}]},
            "objective": {"metric": "val_loss", "extra_outputs": []}, "space": space, "launch": {"parallel": parallel},
            "nomad": {**variant.get("nomad", {}), "budget": budget, "seed": seed}}
-    lines = [line.text for line in param_lines(render(from_dict(raw))) if line.keyword not in DROPPED]
-    return lines + ["DISPLAY_DEGREE 0"]
+    config = from_dict(raw)
+    lines = [line.text for line in param_lines(render(config)) if line.keyword not in DROPPED]
+    start_points = start_points_text(config)
+    if start_points is not None:  # the driver hands NOMAD the file's absolute path (bbo.nomad.prepare_lines)
+        (folder / "x0.txt").write_text(start_points)
+        lines = [f"X0 {folder / 'x0.txt'}" if line.startswith("X0 ") else line for line in lines]
+    return lines + ["DISPLAY_DEGREE 0", f"CACHE_FILE {folder}/cache.txt"]
 
 
 def _nomad_child(name: str, variant: dict, seed: int, budget: int, conn, noise: float | None = None,
@@ -173,7 +185,7 @@ def _nomad_child(name: str, variant: dict, seed: int, budget: int, conn, noise: 
         return 0
 
     with tempfile.TemporaryDirectory() as folder:
-        lines = nomad_lines(space_dict, budget, seed, variant, parallel=block) + [f"CACHE_FILE {folder}/cache.txt"]
+        lines = nomad_lines(space_dict, budget, seed, variant, Path(folder), parallel=block)
         start(lines)
         start_again_until_spent(lines, Path(folder), 0, start)
     conn.close()

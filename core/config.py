@@ -386,12 +386,15 @@ class NomadConfig:
     count_failed: bool = False  # a resumed search counts its failed evaluations against the budget
     stop_after_failures: int = 3  # the first N evaluations of a search all failing the same way stop it (0: never)
     initial_frame: float | None = None  # INITIAL_FRAME_SIZE as this fraction of each variable's range (None: NOMAD's)
+    start_points: int = 0  # X0 and this many seeded Latin-hypercube points first (core.space.start_design)
 
     def check(self):
         _positive("nomad.budget", self.budget)
         if self.initial_frame is not None and not (isinstance(self.initial_frame, (int, float))
                                                    and 0 < self.initial_frame <= 1):
             raise ConfigError(f"nomad.initial_frame: must be a fraction in (0, 1], got {self.initial_frame!r}")
+        if not isinstance(self.start_points, int) or isinstance(self.start_points, bool) or self.start_points < 0:
+            raise ConfigError(f"nomad.start_points: must be an integer >= 0, got {self.start_points!r}")
         if self.stop_after_failures < 0:
             raise ConfigError(f"nomad.stop_after_failures: must be >= 0, got {self.stop_after_failures}")
         if self.lh_search is not None and (len(self.lh_search) != 2 or min(self.lh_search) < 0):

@@ -17,6 +17,7 @@ the hyperparameter's own units (a rank, a learning rate), except for
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 NAMES = ("rank", "alpha", "dropout", "lr")
@@ -249,6 +250,36 @@ class SearchSpace:
 
     def names(self) -> list[str]:
         return [v.name for v in self.searched]
+
+    def start_design(self, n: int, seed: int, draws: int = 64) -> list[list]:
+        """X0, then n Latin-hypercube points drawn with `seed` (the most spread of `draws` draws), in NOMAD's
+        coordinates, no point twice.
+
+        Why the project draws them (nomad.start_points) instead of NOMAD's LH_SEARCH: NOMAD 4.5.1 draws
+        the same LH points whatever its SEED, so a search started again with another seed would not
+        start anywhere else (docs/benchmarks.md). random.Random(seed) is the same on every platform.
+        """
+        rng = random.Random(seed)
+        best, spread = [], -1.0
+        for _ in range(draws if n > 1 else 1):
+            columns = []
+            for _ in self.searched:  # one stratum of [0, 1) per point, in a random order per variable
+                order = list(range(n))
+                rng.shuffle(order)
+                columns.append([(k + rng.random()) / n for k in order])
+            units = [list(point) for point in zip(*columns)]
+            gap = min((math.dist(a, b) for i, a in enumerate(units) for b in units[i + 1:]), default=0.0)
+            if gap > spread:
+                best, spread = units, gap
+        points = [list(self.x0)]
+        for unit in best:
+            point = []
+            for u, low, high, kind in zip(unit, self.lower, self.upper, self.input_types):
+                point.append(min(high, low + math.floor(u * (high - low + 1))) if kind == "I"
+                             else float(f"{low + u * (high - low):.4g}"))
+            if point not in points:
+                points.append(point)
+        return points
 
     # ------------------------------------------------------------ decoding
     def parse_point(self, tokens: list[str]) -> list[float]:

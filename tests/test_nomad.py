@@ -110,3 +110,30 @@ DISPLAY_DEGREE 0
 
     again = run("bbo.nomad", str(tmp_path / "param.txt"), "--resume", timeout=300)  # nothing left to spend
     assert again.returncode == 0 and len((tmp_path / "bowl.py.asked").read_text().splitlines()) == 30
+
+
+def test_start_points_file_is_evaluated_first_wherever_nomad_is_started_from(tmp_path):
+    """X0 names a file of points (nomad.start_points writes nomad/x0.txt): NOMAD evaluates them all first; the
+    driver hands NOMAD the file's absolute path, as NOMAD reads it relative to its working folder."""
+    (tmp_path / "bowl.py").write_text(BOWL)
+    (tmp_path / "x0.txt").write_text("0 0\n-3 3\n3 -2\n")
+    (tmp_path / "param.txt").write_text(f"""DIMENSION 2
+BB_INPUT_TYPE ( I I )
+BB_OUTPUT_TYPE OBJ
+X0 x0.txt
+LOWER_BOUND ( -3 -3 )
+UPPER_BOUND ( 3 3 )
+MAX_BB_EVAL 8
+BB_EXE "${sys.executable} {tmp_path / 'bowl.py'}"
+CACHE_FILE cache.txt
+DISPLAY_DEGREE 0
+""")
+    proc = subprocess.run([sys.executable, "-m", "bbo.nomad", str(tmp_path / "param.txt")], capture_output=True,
+                          text=True, timeout=300, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    asked = (tmp_path / "bowl.py.asked").read_text().splitlines()
+    assert set(asked[:3]) == {"0 0", "-3 3", "3 -2"} and len(asked) == len(set(asked)) == 8
+
+    (tmp_path / "x0.txt").unlink()
+    proc = run("bbo.nomad", str(tmp_path / "param.txt"))
+    assert proc.returncode == 2 and "X0 file x0.txt not found" in proc.stderr and len(proc.stderr.splitlines()) == 1

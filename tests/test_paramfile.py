@@ -59,3 +59,38 @@ def test_initial_frame_is_a_fraction_of_each_range():
     # rank index 1..6, dropout index 1..5, alpha 1..64, log10 lr -6..-3: integers at least 1, the real one as is
     assert "INITIAL_FRAME_SIZE ( 2 1 19 0.9 )" in paramfile.render(config)
     assert "INITIAL_FRAME_SIZE" not in paramfile.render(load_config(REPO / "experiments" / "llama2-7b-mmlu"))
+
+
+def test_start_points_are_seeded_spread_and_inside_the_space():
+    space = load_config(REPO / "experiments" / "llama2-7b-mmlu").space  # rank, dropout (indices), alpha, log10 lr
+    points = space.start_design(8, seed=3)
+    assert points[0] == space.x0 and len(points) == 9 and points == space.start_design(8, seed=3)
+    assert points != space.start_design(8, seed=4)  # unlike NOMAD 4.5.1's LH_SEARCH, the seed moves them
+    for point in points[1:]:
+        assert space.decode(point)  # decodable: inside the bounds, integers where NOMAD needs them
+        assert [isinstance(v, int) for v in point] == [t == "I" for t in space.input_types]
+    for j, (low, high) in enumerate(zip(space.lower, space.upper)):  # Latin hypercube: each eighth of a range once
+        strata = sorted(min(7, int(8 * (p[j] - low) / (high - low + (space.input_types[j] == "I")))) for p in points[1:])
+        assert strata == list(range(8)) or space.input_types[j] == "I"
+
+
+def test_start_points_go_to_an_x0_file_that_must_match_the_config(tmp_path):
+    import shutil
+
+    shutil.copytree(REPO / "experiments" / "demo", tmp_path / "demo")
+    config = load_config(tmp_path / "demo", ["nomad.start_points=4"])
+    paramfile.write(config)
+    assert "X0 nomad/x0.txt" in (tmp_path / "demo" / "param.txt").read_text()
+    lines = (tmp_path / "demo" / "nomad" / "x0.txt").read_text().splitlines()
+    assert [line.split() for line in lines] == [[paramfile._number(v) for v in p] for p in
+                                                config.space.start_design(4, config.nomad.seed)]
+    paramfile.check(config)
+    x0_file = tmp_path / "demo" / "nomad" / "x0.txt"
+    x0_file.write_text("1 1 1 -3\n")  # edited by hand
+    with pytest.raises(ConfigError, match="x0.txt: not the start points of nomad.start_points=4, seed 0; regenerate"):
+        paramfile.check(config)
+    x0_file.unlink()
+    with pytest.raises(ConfigError, match="x0.txt: missing"):
+        paramfile.check(config)
+    with pytest.raises(ConfigError, match="must be an integer >= 0"):
+        load_config(tmp_path / "demo", ["nomad.start_points=-1"])
