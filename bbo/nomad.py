@@ -34,7 +34,7 @@ from pathlib import Path
 from bbo.paramfile import check, render, write_start_points
 from core.config import ConfigError, env_overrides, load_config
 from core.failures import read_stop
-from core.nomadtext import FAILED, KEEP_FILE, NOMAD_DIR, X0_FILE, param_lines, parse_params, read_cache
+from core.nomadtext import FAILED, KEEP_FILE, NOMAD_DIR, X0_PREFIX, param_lines, parse_params, read_cache
 
 MAX_RESTARTS = 50
 RESTART_SUFFIX = ".restart"  # a new start writes its own history file, appended to the search's after it
@@ -137,8 +137,8 @@ def rotate_stale_nomad_files(config) -> None:
     signature = hashlib.sha256(blob.encode()).hexdigest()[:16]
     folder = config.dir / NOMAD_DIR
     stamp = folder / "problem.sha256"
-    mine = (KEEP_FILE, Path(X0_FILE).name)  # written from experiment.yaml, not by NOMAD
-    files = [p for p in folder.iterdir() if p.name not in mine] if folder.exists() else []
+    files = [p for p in folder.iterdir()  # not the files written from experiment.yaml
+             if p.name != KEEP_FILE and not p.name.startswith(X0_PREFIX)] if folder.exists() else []
     if files and (not stamp.exists() or stamp.read_text().strip() != signature):
         aside = config.dir / f"{NOMAD_DIR}.old-{time.strftime('%Y%m%d-%H%M%S')}"
         aside.mkdir()

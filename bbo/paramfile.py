@@ -10,11 +10,12 @@ experiment. NOMAD's cache, history and solution files go to <experiment>/nomad/,
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 from core.config import ConfigError, ExperimentConfig
-from core.nomadtext import CACHE_FILE, HISTORY_FILE, KEEP_FILE, NOMAD_DIR, SOLUTION_FILE, X0_FILE, parse_params
+from core.nomadtext import CACHE_FILE, HISTORY_FILE, KEEP_FILE, NOMAD_DIR, SOLUTION_FILE, X0_PREFIX, parse_params
 
 
 def _vector(values) -> str:
@@ -39,7 +40,7 @@ def render(config: ExperimentConfig) -> str:
         f"DIMENSION {space.dimension}",
         f"BB_INPUT_TYPE ( {' '.join(space.input_types)} )",
         f"BB_OUTPUT_TYPE {' '.join(outputs)}",
-        f"X0 {X0_FILE}" if config.nomad.start_points else f"X0 {_vector(space.x0)}",
+        f"X0 {start_points(config)[0]}" if config.nomad.start_points else f"X0 {_vector(space.x0)}",
         f"LOWER_BOUND {_vector(space.lower)}",
         f"UPPER_BOUND {_vector(space.upper)}",
         f"MAX_BB_EVAL {config.nomad.budget}",
@@ -75,19 +76,22 @@ def initial_frame(space, fraction: float) -> list:
     return out
 
 
-def start_points_text(config: ExperimentConfig) -> str | None:
-    """The X0 file of nomad.start_points (X0 first, then the seeded Latin-hypercube points); None without."""
+def start_points(config: ExperimentConfig) -> tuple[str, str] | None:
+    """(file name, text) of nomad.start_points' X0 file: X0 first, then the seeded Latin-hypercube points;
+    None without start points. The name carries a hash of the text, so another seed or space (an override
+    on `bbo run`) is another file and never rewrites the one param.txt names."""
     if not config.nomad.start_points:
         return None
     points = config.space.start_design(config.nomad.start_points, config.nomad.seed)
-    return "".join(" ".join(_number(v) for v in point) + "\n" for point in points)
+    text = "".join(" ".join(_number(v) for v in point) + "\n" for point in points)
+    return f"{NOMAD_DIR}/{X0_PREFIX}{hashlib.sha256(text.encode()).hexdigest()[:8]}.txt", text
 
 
 def write_start_points(config: ExperimentConfig) -> None:
-    text = start_points_text(config)
-    if text is not None:
-        (config.dir / X0_FILE).parent.mkdir(exist_ok=True)
-        (config.dir / X0_FILE).write_text(text)
+    found = start_points(config)
+    if found is not None:
+        (config.dir / NOMAD_DIR).mkdir(exist_ok=True)
+        (config.dir / found[0]).write_text(found[1])
 
 
 def render_bb_script(config: ExperimentConfig) -> str:
@@ -135,11 +139,11 @@ def check(config: ExperimentConfig, path: Path | None = None) -> None:
         if _normalize(found.get(keyword)) != _normalize(expected.get(keyword)):
             raise ConfigError(f"{path}: {keyword} is {found.get(keyword)} but experiment.yaml gives "
                               f"{expected.get(keyword)}; regenerate with `python -m bbo paramfile {config.dir}`")
-    text = start_points_text(config)
-    x0_file = path.parent / X0_FILE
-    if text is not None and (not x0_file.exists() or x0_file.read_text() != text):
-        raise ConfigError(f"{x0_file}: {'missing' if not x0_file.exists() else 'not the start points of'} "
-                          f"nomad.start_points={config.nomad.start_points}, seed {config.nomad.seed}; "
+    found = start_points(config)
+    if found is not None and (not (path.parent / found[0]).exists() or (path.parent / found[0]).read_text() != found[1]):
+        state = "missing" if not (path.parent / found[0]).exists() else "edited"
+        raise ConfigError(f"{path.parent / found[0]}: {state} (the start points of nomad.start_points="
+                          f"{config.nomad.start_points}, seed {config.nomad.seed}); "
                           f"regenerate with `python -m bbo paramfile {config.dir}`")
 
 

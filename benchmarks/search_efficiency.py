@@ -85,7 +85,7 @@ VARIANTS = [
 ]
 # The variant the --tune sweep picked on the tuning seeds (without --tune the main table uses this one; with --tune,
 # the sweep's winner); the main table reports disjoint seeds. See docs/benchmarks.md.
-TUNED = {"label": "tuned: LH 5 0", "nomad": {"lh_search": [5, 0]}}
+TUNED = {"label": "tuned: start 6", "nomad": {"start_points": 6}}
 TUNE_SEEDS = 100  # --tune: seeds 100..; the tables: seeds 0..
 
 # Lines of the rendered parameter file that concern files and display, not the search.
@@ -125,7 +125,7 @@ def variant_space(space: dict, variant: dict) -> dict:
 def nomad_lines(space: dict, budget: int, seed: int, variant: dict, folder: Path, parallel: int = 1) -> list[str]:
     """The parameter lines bbo.paramfile.render writes for an experiment with this space, nomad section and
     launch.parallel (BB_MAX_BLOCK_SIZE and what goes with it); nomad.start_points' X0 file goes to folder."""
-    from bbo.paramfile import render, start_points_text
+    from bbo.paramfile import render, start_points
     from core.config import from_dict
     from core.nomadtext import param_lines
 
@@ -134,9 +134,9 @@ def nomad_lines(space: dict, budget: int, seed: int, variant: dict, folder: Path
            "nomad": {**variant.get("nomad", {}), "budget": budget, "seed": seed}}
     config = from_dict(raw)
     lines = [line.text for line in param_lines(render(config)) if line.keyword not in DROPPED]
-    start_points = start_points_text(config)
-    if start_points is not None:  # the driver hands NOMAD the file's absolute path (bbo.nomad.prepare_lines)
-        (folder / "x0.txt").write_text(start_points)
+    found = start_points(config)
+    if found is not None:  # the driver hands NOMAD the file's absolute path (bbo.nomad.prepare_lines)
+        (folder / "x0.txt").write_text(found[1])
         lines = [f"X0 {folder / 'x0.txt'}" if line.startswith("X0 ") else line for line in lines]
     return lines + ["DISPLAY_DEGREE 0", f"CACHE_FILE {folder}/cache.txt"]
 

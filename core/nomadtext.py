@@ -19,7 +19,7 @@ NOMAD_DIR = "nomad"  # NOMAD's files of an experiment: committed empty (KEEP_FIL
 CACHE_FILE = f"{NOMAD_DIR}/cache.txt"
 HISTORY_FILE = f"{NOMAD_DIR}/history.txt"
 SOLUTION_FILE = f"{NOMAD_DIR}/solution.txt"
-X0_FILE = f"{NOMAD_DIR}/x0.txt"  # X0 and the start points (nomad.start_points), one point a line
+X0_PREFIX = "x0-"  # nomad/x0-<hash>.txt: X0 and the start points (nomad.start_points), one point a line
 KEEP_FILE = ".gitkeep"
 
 # Standard NOMAD 4.5 keywords a parameter file of ours may hold (extra_lines included).

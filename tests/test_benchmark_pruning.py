@@ -34,7 +34,7 @@ def test_optimum_is_the_table_minimum_and_curves_end_at_it(curves):
 def test_templates_settings_are_read_from_the_paper_experiments():
     settings, variant = bench.template_settings()
     assert settings == {"eval_every": 0.25, "warmup": 0.5, "percentile": 50.0, "min_runs": 3}
-    assert variant["nomad"] == {"lh_search": [5, 0]}  # rendered by nomad_lines as `bbo run` renders it
+    assert variant["nomad"] == {"start_points": 6}  # rendered by nomad_lines as `bbo run` renders it
 
 
 def test_replay_prunes_by_the_project_rule_and_counts_hours(curves):
@@ -76,10 +76,10 @@ def test_an_eval_every_off_the_table_is_a_clear_error(curves):
 
 def test_nomad_and_tpe_logs_are_consistent(curves):
     settings, variant = bench.template_settings()
-    # X0 at the optimum: NOMAD evaluates it with the 5 Latin-hypercube points (lh_search [5, 0]), first 6 evaluations
+    # X0 at the optimum: NOMAD evaluates it with the 6 start points (nomad.start_points), the first 7 evaluations
     start = {"rank": 16, "alpha": 2, "dropout": 0.0, "lr": 0.01}
-    hours, reached, trainings = bench.hours_to_target(bench.run_nomad(variant, None, 100, 6, start), curves.optimum)
-    assert reached and hours == trainings <= 6
+    hours, reached, trainings = bench.hours_to_target(bench.run_nomad(variant, None, 100, 7, start), curves.optimum)
+    assert reached and hours == trainings <= 7
     for log in (bench.run_nomad(variant, settings, 100, 20), bench.run_tpe(settings, 100, 20)):
         assert log
         for hours, state, objective in log:

@@ -22,7 +22,9 @@ def test_bbo3_param_file_says_what_the_original_said():
     entries = parse_params((REPO / "experiments" / "llama2-7b-bbo3" / "param.txt").read_text())
     original = parse_params((REPO / "tests" / "data" / "original-bbo3" / "param.txt").read_text()
                                .replace("NB_THREADS_OPENMP 1", ""))
-    assert entries["X0"] == ["( 2 8 1 )"] and entries["UPPER_BOUND"] == ["( 5 64 5 )"]
+    x0_file = REPO / "experiments" / "llama2-7b-bbo3" / entries["X0"][0]  # nomad.start_points: X0 comes first
+    assert paramfile._normalize(original["X0"]) == ["( 2 8 1 )"] and x0_file.read_text().splitlines()[0] == "2 8 1"
+    assert entries["UPPER_BOUND"] == ["( 5 64 5 )"]
     assert entries["BB_OUTPUT_TYPE"] == ["OBJ EXTRA_O EXTRA_O EXTRA_O"]
     for key in ("DIMENSION", "BB_INPUT_TYPE", "MAX_BB_EVAL"):
         assert paramfile._normalize(entries[key]) == paramfile._normalize(original[key])
@@ -80,17 +82,20 @@ def test_start_points_go_to_an_x0_file_that_must_match_the_config(tmp_path):
     shutil.copytree(REPO / "experiments" / "demo", tmp_path / "demo")
     config = load_config(tmp_path / "demo", ["nomad.start_points=4"])
     paramfile.write(config)
-    assert "X0 nomad/x0.txt" in (tmp_path / "demo" / "param.txt").read_text()
-    lines = (tmp_path / "demo" / "nomad" / "x0.txt").read_text().splitlines()
+    name = paramfile.start_points(config)[0]
+    assert name.startswith("nomad/x0-") and f"X0 {name}" in (tmp_path / "demo" / "param.txt").read_text()
+    lines = (tmp_path / "demo" / name).read_text().splitlines()
     assert [line.split() for line in lines] == [[paramfile._number(v) for v in p] for p in
                                                 config.space.start_design(4, config.nomad.seed)]
     paramfile.check(config)
-    x0_file = tmp_path / "demo" / "nomad" / "x0.txt"
+    other = paramfile.start_points(load_config(tmp_path / "demo", ["nomad.start_points=4", "nomad.seed=1"]))[0]
+    assert other != name  # another seed, another file: a run with an override leaves this one alone
+    x0_file = tmp_path / "demo" / name
     x0_file.write_text("1 1 1 -3\n")  # edited by hand
-    with pytest.raises(ConfigError, match="x0.txt: not the start points of nomad.start_points=4, seed 0; regenerate"):
+    with pytest.raises(ConfigError, match=r"\.txt: edited \(the start points of nomad.start_points=4, seed 0\); regen"):
         paramfile.check(config)
     x0_file.unlink()
-    with pytest.raises(ConfigError, match="x0.txt: missing"):
+    with pytest.raises(ConfigError, match=r"\.txt: missing"):
         paramfile.check(config)
     with pytest.raises(ConfigError, match="must be an integer >= 0"):
         load_config(tmp_path / "demo", ["nomad.start_points=-1"])
