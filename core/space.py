@@ -276,7 +276,7 @@ class SearchSpace:
             point = []
             for u, low, high, kind in zip(unit, self.lower, self.upper, self.input_types):
                 point.append(min(high, low + math.floor(u * (high - low + 1))) if kind == "I"
-                             else float(f"{low + u * (high - low):.4g}"))
+                             else min(high, max(low, float(f"{low + u * (high - low):.4g}"))))
             if point not in points:
                 points.append(point)
         return points
