@@ -326,6 +326,8 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from bbo.export import export
 
+    if not args.run and not args.best:
+        raise ConfigError("export: say which run: --best (the best ok run) or --run ID (python -m bbo results)")
     done = export(args.experiment, args.out, run_id=args.run, best=args.best, merge=args.merge, force=args.force)
     what = "merged model" if done["merged"] else "adapter"
     print(f"wrote {done['out']}: the {what} of run {done['run_id']} (objective {done['objective']:.6g}, "
@@ -388,7 +390,7 @@ def main(argv=None) -> int:
     s.set_defaults(fn=cmd_report)
     s = sub.add_parser("export", help="write the adapter (or the merged model) of a run to a folder")
     s.add_argument("experiment")
-    which = s.add_mutually_exclusive_group(required=True)
+    which = s.add_mutually_exclusive_group()  # one of them: cmd_export says so in one line
     which.add_argument("--run", metavar="ID", help="the run id (python -m bbo results)")
     which.add_argument("--best", action="store_true", help="the best ok run of the search")
     s.add_argument("out", help="the folder to write (must not exist, unless --force)")

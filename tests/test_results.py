@@ -332,6 +332,9 @@ def test_cli_overrides_after_an_option(fake):
     assert "objective (min) = -mmlu" in proc.stdout
     proc = run_cli("bbo", "results", str(fake), "--top", "2", "--bogus")
     assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
+    proc = run_cli("bbo", "export", str(fake), str(fake / "out"))  # which run is missing: one line
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "error: export: say which run: --best (the best ok run) or --run ID (python -m bbo results)"]
 
 
 # ---------------------------------------------------------------- a real search
