@@ -16,7 +16,7 @@ that was then fixed does not lose its budget to the failures.
 
 No budget is left unused: on an all-integer (granular) space NOMAD stops as soon as its mesh cannot
 be refined, often well before MAX_BB_EVAL. Then NOMAD starts again (`restart_lines`): from the best
-point so far, with the next SEED and a few new Latin-hypercube points, the cache file shared, so
+point so far, with the next SEED and a few new Latin-hypercube points drawn with it, the cache file shared, so
 nothing is evaluated twice, until the budget is spent or three starts in a row find nothing new.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -34,10 +35,12 @@ from pathlib import Path
 from bbo.paramfile import check, render, write_start_points
 from core.config import ConfigError, env_overrides, load_config
 from core.failures import read_stop
-from core.nomadtext import FAILED, KEEP_FILE, NOMAD_DIR, X0_PREFIX, param_lines, parse_params, read_cache
+from core.nomadtext import FAILED, KEEP_FILE, NOMAD_DIR, X0_PREFIX, number, param_lines, parse_params, read_cache, tokens
+from core.space import latin_hypercube
 
 MAX_RESTARTS = 50
 RESTART_SUFFIX = ".restart"  # a new start writes its own history file, appended to the search's after it
+RESTART_X0 = "restart-x0.txt"  # a new start's X0 file (the best point and seeded LH points), beside CACHE_FILE
 OTHER_STOPS = ("MAX_TIME", "MAX_ITERATIONS", "MAX_EVAL", "STOP_IF_FEASIBLE")  # the user's own stop: no restart
 
 
@@ -89,8 +92,9 @@ def restart_lines(lines: list[str], folder: Path, spent: int, restart: int, fres
 
     lines: this invocation's lines (their MAX_BB_EVAL is its budget); spent: the evaluations counted
     since it began; restart: 1, 2, ...; fresh: whether the last start evaluated anything new.
-    The next start: X0 = the best point of the cache, SEED + restart, MAX_BB_EVAL = what is left,
-    and LH_SEARCH points (a handful; many when the last start found nothing new).
+    The next start: X0 = the best point of the cache and Latin-hypercube points drawn with SEED + restart
+    (a handful; many when the last start found nothing new), in an X0 file beside the cache (NOMAD's own
+    LH_SEARCH points ignore SEED), MAX_BB_EVAL = what is left.
     """
     entries = parse_params("\n".join(lines), strict=False)
     if "CACHE_FILE" not in entries or "MAX_BB_EVAL" not in entries or any(k in entries for k in OTHER_STOPS):
@@ -114,8 +118,29 @@ def restart_lines(lines: list[str], folder: Path, spent: int, restart: int, fres
             ("X0", "SEED", "MAX_BB_EVAL", "LH_SEARCH", "PROBLEM_DIR", "HISTORY_FILE", "ADD_SEED_TO_FILE_NAMES")]
     if "HISTORY_FILE" in entries:  # its own file, appended to the first start's (whose name may carry its seed)
         kept.append(f"HISTORY_FILE {history_name(entries)}{RESTART_SUFFIX}")
-    return kept + ["ADD_SEED_TO_FILE_NAMES no", f"X0 ( {' '.join(str(v) for v in best)} )", f"SEED {seed}", f"MAX_BB_EVAL {left}",
-                   f"LH_SEARCH {new_points} 0"] + [line for line in lines if line.startswith("PROBLEM_DIR")]
+    box = _box(entries, dimension)
+    if box is None:  # bounds NOMAD's way (infinite, `*`): NOMAD's own LH points, the same whatever the SEED
+        start = [f"X0 ( {' '.join(str(v) for v in best)} )", f"LH_SEARCH {new_points} 0"]
+    else:  # the best point, then LH points drawn with this start's seed (core.space.latin_hypercube)
+        drawn = latin_hypercube(*box, new_points, seed, draws=64 if new_points <= 20 else 1)
+        x0_file = (folder / entries["CACHE_FILE"][-1].split()[0]).parent / RESTART_X0
+        x0_file.write_text("".join(" ".join(str(v) for v in p) + "\n" for p in [best] + [p for p in drawn if p != best]))
+        start = [f"X0 {x0_file.resolve()}"]
+    return kept + ["ADD_SEED_TO_FILE_NAMES no", *start, f"SEED {seed}", f"MAX_BB_EVAL {left}"] + \
+        [line for line in lines if line.startswith("PROBLEM_DIR")]
+
+
+def _box(entries: dict, dimension: int) -> tuple[list, list, list] | None:
+    """(lower, upper, input types) from finite bounds written in full; None otherwise."""
+    lower = [number(t) for t in tokens(entries.get("LOWER_BOUND", [""])[-1])]
+    upper = [number(t) for t in tokens(entries.get("UPPER_BOUND", [""])[-1])]
+    types = [t.upper() for t in tokens(entries.get("BB_INPUT_TYPE", ["( " + "R " * dimension + ")"])[-1])]
+    types = ["I" if t == "B" else t for t in types]
+    if not (len(lower) == len(upper) == len(types) == dimension) or not set(types) <= {"R", "I"}:
+        return None
+    if any(v is None or not math.isfinite(v) for v in lower + upper):
+        return None
+    return lower, upper, types
 
 
 def history_name(entries: dict) -> str:

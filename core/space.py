@@ -194,6 +194,27 @@ def _check_value(name, value, key):
         raise SpaceError(f"{key}: {name} {problem}, got {value!r}")
 
 
+def latin_hypercube(lower: list, upper: list, input_types: list[str], n: int, seed: int,
+                    draws: int = 64) -> list[list]:
+    """n points in the box, one per stratum of each variable (the most spread of `draws` seeded draws);
+    integers where the type is I, reals rounded to 4 digits. random.Random(seed) is the same everywhere."""
+    rng = random.Random(seed)
+    best, spread = [], -1.0
+    for _ in range(draws if n > 1 else 1):
+        columns = []
+        for _ in lower:  # one stratum of [0, 1) per point, in a random order per variable
+            order = list(range(n))
+            rng.shuffle(order)
+            columns.append([(k + rng.random()) / n for k in order])
+        units = [list(point) for point in zip(*columns)]
+        gap = min((math.dist(a, b) for i, a in enumerate(units) for b in units[i + 1:]), default=0.0)
+        if gap > spread:
+            best, spread = units, gap
+    return [[min(high, low + math.floor(u * (high - low + 1))) if kind == "I"
+             else min(high, max(low, float(f"{low + u * (high - low):.4g}")))
+             for u, low, high, kind in zip(unit, lower, upper, input_types)] for unit in best]
+
+
 class SearchSpace:
     """The ordered LoRA variables; decode/encode between NOMAD points and hyperparameters."""
 
@@ -251,32 +272,15 @@ class SearchSpace:
     def names(self) -> list[str]:
         return [v.name for v in self.searched]
 
-    def start_design(self, n: int, seed: int, draws: int = 64) -> list[list]:
-        """X0, then n Latin-hypercube points drawn with `seed` (the most spread of `draws` draws), in NOMAD's
-        coordinates, no point twice.
+    def start_design(self, n: int, seed: int) -> list[list]:
+        """X0, then n Latin-hypercube points drawn with `seed` (latin_hypercube), no point twice.
 
         Why the project draws them (nomad.start_points) instead of NOMAD's LH_SEARCH: NOMAD 4.5.1 draws
         the same LH points whatever its SEED, so a search started again with another seed would not
-        start anywhere else (docs/benchmarks.md). random.Random(seed) is the same on every platform.
+        start anywhere else (docs/benchmarks.md).
         """
-        rng = random.Random(seed)
-        best, spread = [], -1.0
-        for _ in range(draws if n > 1 else 1):
-            columns = []
-            for _ in self.searched:  # one stratum of [0, 1) per point, in a random order per variable
-                order = list(range(n))
-                rng.shuffle(order)
-                columns.append([(k + rng.random()) / n for k in order])
-            units = [list(point) for point in zip(*columns)]
-            gap = min((math.dist(a, b) for i, a in enumerate(units) for b in units[i + 1:]), default=0.0)
-            if gap > spread:
-                best, spread = units, gap
         points = [list(self.x0)]
-        for unit in best:
-            point = []
-            for u, low, high, kind in zip(unit, self.lower, self.upper, self.input_types):
-                point.append(min(high, low + math.floor(u * (high - low + 1))) if kind == "I"
-                             else min(high, max(low, float(f"{low + u * (high - low):.4g}"))))
+        for point in latin_hypercube(self.lower, self.upper, self.input_types, n, seed):
             if point not in points:
                 points.append(point)
         return points

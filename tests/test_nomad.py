@@ -137,3 +137,26 @@ DISPLAY_DEGREE 0
     (tmp_path / "x0.txt").unlink()
     proc = run("bbo.nomad", str(tmp_path / "param.txt"))
     assert proc.returncode == 2 and "X0 file x0.txt not found" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_a_new_start_draws_its_latin_hypercube_points_with_its_own_seed(tmp_path):
+    """NOMAD's LH_SEARCH ignores SEED; the driver's restarts write the best point and seeded LH points instead."""
+    from bbo.nomad import RESTART_X0, restart_lines
+
+    (tmp_path / "cache.txt").write_text("( 1 0.5 ) BB_EVAL_OK ( 2 ) SURROGATE_EVAL_NOT_STARTED ( )\n")
+    base = ["DIMENSION 2", "BB_INPUT_TYPE ( I R )", "BB_OUTPUT_TYPE OBJ", "LOWER_BOUND ( -3 0 )",
+            "UPPER_BOUND ( 3 1 )", "MAX_BB_EVAL 30", "SEED 0", "CACHE_FILE cache.txt"]
+    best = [1, 0.5]
+    drawn = []
+    for restart in (1, 2):
+        lines = restart_lines(base, tmp_path, 1, restart, fresh=True)
+        assert f"X0 {(tmp_path / RESTART_X0).resolve()}" in lines and f"SEED {restart}" in lines
+        assert not any(line.startswith("LH_SEARCH") for line in lines)
+        points = [line.split() for line in (tmp_path / RESTART_X0).read_text().splitlines()]
+        assert [float(v) for v in points[0]] == [float(v) for v in best] and len(points) == 3
+        assert all(-3 <= int(p[0]) <= 3 and 0 <= float(p[1]) <= 1 for p in points)
+        drawn.append(points[1:])
+    assert drawn[0] != drawn[1]  # another start, other points
+
+    lines = restart_lines([line.replace("( -3 0 )", "( -inf 0 )") for line in base], tmp_path, 1, 1, fresh=True)
+    assert "LH_SEARCH 2 0" in lines  # bounds the project cannot draw in: NOMAD's own LH points
