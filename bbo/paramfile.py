@@ -140,10 +140,10 @@ def check(config: ExperimentConfig, path: Path | None = None) -> None:
             raise ConfigError(f"{path}: {keyword} is {found.get(keyword)} but experiment.yaml gives "
                               f"{expected.get(keyword)}; regenerate with `python -m bbo paramfile {config.dir}`")
     found = start_points(config)
-    if found is not None and (not (path.parent / found[0]).exists() or (path.parent / found[0]).read_text() != found[1]):
-        state = "missing" if not (path.parent / found[0]).exists() else "edited"
-        raise ConfigError(f"{path.parent / found[0]}: {state} (the start points of nomad.start_points="
-                          f"{config.nomad.start_points}, seed {config.nomad.seed}); "
+    x0_file = path.parent / found[0] if found is not None else None
+    if x0_file is not None and (not x0_file.exists() or x0_file.read_text() != found[1]):
+        raise ConfigError(f"{x0_file}: {'edited' if x0_file.exists() else 'missing'} (the start points of "
+                          f"nomad.start_points={config.nomad.start_points}, seed {config.nomad.seed}); "
                           f"regenerate with `python -m bbo paramfile {config.dir}`")
 
 
