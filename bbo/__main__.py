@@ -254,11 +254,13 @@ def _no_success_error(config, search: str) -> int:
 def cmd_plan(args) -> int:
     """The checks every search runs before training, then memory, time and disk; exit 1 if a check
     fails or the largest point does not fit."""
-    from bbo.plan import detect_gpus, estimate, parse_gpus
-    from core.preflight import PreflightError, check_hub, check_inputs, check_trackers, gpu_slots
+    from bbo.plan import detect_gpus, estimate, machine_text, parse_gpus
+    from core.preflight import (PreflightError, check_attention, check_hub, check_inputs, check_model_runtime,
+                                check_trackers, gpu_slots)
 
     config = load_config(args.experiment, args.overrides)
     gpus = parse_gpus(args.gpus) if args.gpus else None
+    print(machine_text())  # torch's CUDA build against the driver's: the first thing to read on a new server
     problems, notes = [], []
     for check in (lambda: check_inputs(config), lambda: check_trackers(config), lambda: notes.extend(check_hub(config))):
         try:
@@ -272,6 +274,12 @@ def cmd_plan(args) -> int:
             if slots[0] is None:
                 notes.append("torch sees no GPU here: evaluations would run on CPU (give --gpus to plan for a "
                              "GPU server)")
+            check_model_runtime(config, slots)
+        except PreflightError as e:
+            problems.append(str(e))
+    else:  # a plan for the GPU server given: what this environment must have for it
+        try:
+            check_attention(config, on_gpu=True)
         except PreflightError as e:
             problems.append(str(e))
     plan = estimate(config, gpus, quantization=args.quantization, tokens_per_second=args.tokens_per_second,

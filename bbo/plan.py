@@ -153,6 +153,29 @@ def detect_gpus() -> GpuSpec | None:
     return GpuSpec(torch.cuda.device_count(), name.upper(), round(props.total_memory / GIB, 1))
 
 
+def machine_text() -> str:
+    """This machine's torch, NVIDIA driver and the GPUs torch sees: what a search here would train on."""
+    import shutil
+
+    import torch
+
+    from core.nvidia import read_driver, torch_build
+
+    driver = read_driver()
+    if driver is None:
+        smi = "no nvidia-smi" if shutil.which("nvidia-smi") is None else "nvidia-smi failed: no usable driver"
+    else:
+        smi = (f"{driver.version or 'version unknown'}, CUDA {driver.cuda or 'unknown'} "
+               f"({driver.gpus} GPUs listed by nvidia-smi)")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    seen = ", ".join(f"{i} {torch.cuda.get_device_name(i)}" for i in range(count)) if count else "none"
+    lines = ["this machine",
+             f"  {'torch':<22}{torch.__version__} ({torch_build(torch.version.cuda)})",
+             f"  {'NVIDIA driver':<22}{smi}",
+             f"  {'GPUs torch sees':<22}{count}" + (f": {seen}" if count else "")]
+    return "\n".join(lines) + "\n"
+
+
 def default_throughput(gpus: GpuSpec | None) -> tuple[float, str] | None:
     if gpus is None:
         return None

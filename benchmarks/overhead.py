@@ -84,14 +84,12 @@ def blackbox(experiment: Path) -> tuple[float, subprocess.CompletedProcess]:
 
 def process_start_seconds() -> float:
     """`accelerate launch` of a script that only imports what train.py imports: the start every evaluation pays."""
-    from blackbox.work import free_port
+    from blackbox.work import accelerate_command
 
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "imports_only.py"
         script.write_text(IMPORTS_ONLY.format(repo=str(REPO)))
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               str(script)]
+        cmd = accelerate_command(1) + [str(script)]
         t0 = time.perf_counter()
         subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), check=True, capture_output=True)
         return time.perf_counter() - t0

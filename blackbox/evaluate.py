@@ -269,7 +269,8 @@ def train_spec(config: ExperimentConfig, rid: str, hp: dict, pruning: dict | Non
         cfg["objective"]["generation"]["data"] = config.resolve(cfg["objective"]["generation"]["data"])
     return {"run_id": rid, "hp": hp, "model": cfg["model"], "data": cfg["data"], "lora": cfg["lora"],
             "train": cfg["train"], "objective": cfg["objective"], "cache_dir": str(config.dir / "cache"),
-            "pruning": pruning, "experiment": {"name": config.name, "dir": str(config.dir)}}
+            "pruning": pruning, "experiment": {"name": config.name, "dir": str(config.dir)},
+            "launch": {"ddp_timeout_minutes": config.launch.ddp_timeout_minutes}}
 
 
 def _provenance(config: ExperimentConfig) -> dict:

@@ -12,6 +12,7 @@ slurm.json there keeps its id, node and state.
 """
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -48,7 +49,7 @@ class JobWork:
 
     def __call__(self, config: ExperimentConfig, run_dir: str) -> dict:
         try:
-            metrics = self.task(config, Path(run_dir), None)  # the GPUs are the ones Slurm gave the job
+            metrics = self.task(config, Path(run_dir), job_gpus())
         except EvalFailure as e:  # returned, not raised: submitit would keep only its traceback text
             return {"failure": {"kind": e.kind, "message": str(e), "log_tail": e.log_tail},
                     "node": socket.gethostname()}
@@ -58,6 +59,15 @@ class JobWork:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def job_gpus() -> list[str] | None:
+    """The GPUs Slurm gave this job (its CUDA_VISIBLE_DEVICES), so that MMLU runs data-parallel over all of
+    them as on a local slot; None when Slurm set none (a CPU job: the children see what the job sees)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
 
 
 class SlurmExecutor:

@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 from blackbox import faults, tracking  # noqa: E402
 from core import pruning  # noqa: E402
 from core.data import collator_for, load_tokenized  # noqa: E402
-from core.model import load_base, load_tokenizer, resolve_device, run_dtype, save_adapter  # noqa: E402
+from core.model import (cast_lora, half_dtype, load_base, load_tokenizer, resolve_device, run_dtype,  # noqa: E402
+                        save_adapter)
 from core.procs import on_death_of  # noqa: E402
 from core.progress import PROGRESS_FILE, progress_record  # noqa: E402
 from core.store import write_json  # noqa: E402
@@ -54,11 +56,12 @@ class Diverged(RuntimeError):
 # ---------------------------------------------------------------- the parts of a run
 
 def device_and_precision(spec: dict) -> tuple[str, torch.dtype, str]:
-    """(device, weights' dtype, compute precision): bf16 on GPU, fp32 on CPU unless the spec says; torch decides."""
+    """(device, weights' dtype, compute precision): on a GPU bf16 where it has it, else fp16 (with the
+    Trainer's loss scaler); fp32 on CPU, unless the spec says; torch decides."""
     device = resolve_device()
     precision = spec["train"]["precision"]
     if precision == "auto":
-        precision = "bf16" if device == "cuda" else "fp32"
+        precision = ("bf16" if half_dtype() == torch.bfloat16 else "fp16") if device == "cuda" else "fp32"
     return device, run_dtype(spec), precision
 
 
@@ -101,6 +104,7 @@ def training_arguments(spec: dict, run_dir: Path, device: str, precision: str):
         logging_steps=train_cfg["logging_steps"], logging_nan_inf_filter=False,
         save_strategy="no", disable_tqdm=True, remove_unused_columns=False,
         dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        ddp_timeout=int(spec.get("launch", {}).get("ddp_timeout_minutes", 10) * 60),
         # trackers (blackbox/tracking.py): the tracked run is named by the run id, grouped by experiment
         report_to=list(train_cfg.get("report_to") or []), run_name=spec["run_id"],
         project=spec.get("experiment", {}).get("name", "huggingface"),
@@ -197,7 +201,7 @@ def write_error(run_dir: Path, kind: str, message: str) -> None:
     an OOM on rank 3 is reported as oom, not as the crash the other ranks see after it."""
     rank = int(os.environ.get("RANK", "0"))
     name = "error.json" if rank == 0 else f"error.rank{rank}.json"
-    write_json(run_dir / name, {"kind": kind, "message": message[:2000], "rank": rank})
+    write_json(run_dir / name, {"kind": kind, "message": message[:2000], "rank": rank, "time": time.time()})
 
 
 # ---------------------------------------------------------------- main
@@ -222,7 +226,7 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
         tokenizer = load_tokenizer(model_spec["path"], model_spec["revision"], model_spec["trust_remote_code"])
         phase = "load_data"  # the tokenized split is built once per experiment and cached
         train_set, val_set = load_tokenized(spec["data"], tokenizer, model_spec["path"], spec["cache_dir"])
-        collator = collator_for(tokenizer, spec["data"])
+        collator = collator_for(tokenizer, spec["data"], model_spec["attn_implementation"])
         collator = seams.wrap_collator(collator) if seams.wrap_collator else collator
         t_data = time.time()
 
@@ -249,6 +253,9 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
         if curve.pruned:  # its last checkpoint is its measure; no adapter is kept
             val = {"val_loss": curve.pruned["val_loss"], "val_tokens": curve.pruned["val_tokens"]}
         elif seams.validate:
+            # the adapter in the run's dtype (peft trained it in fp32) before it is measured: the validation
+            # loss is then the one of the adapter that is saved, scored on MMLU and exported
+            cast_lora(trainer.model, dtype)
             val = validation_loss(trainer.model, val_set, collator, train_cfg["per_device_batch_size"])
             curve.add(1.0, trainer.state, val["val_loss"])
         else:
@@ -291,5 +298,21 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
     return 0
 
 
+def end_process(code: int) -> None:
+    """Exit. A failed process of a distributed run exits at once, without tearing its process group down:
+    that teardown can block (NCCL), and torchrun stops the other processes only once this one is gone,
+    so they would wait in their next collective until the ddp timeout instead of a moment."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code != 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    try:
+        exit_code = main(Path(sys.argv[1]))
+    except Exception:  # noqa: BLE001 - already recorded in error.json by main; the traceback goes to the log
+        traceback.print_exc()
+        exit_code = 1
+    end_process(exit_code)

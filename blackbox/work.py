@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -56,18 +55,18 @@ def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dic
     return metrics
 
 
-def _accelerate(num_processes: int) -> list[str]:
-    """`accelerate launch` for num_processes processes on one machine, each on its own GPU (or CPU)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port())]
+def accelerate_command(num_processes: int) -> list[str]:
+    """`accelerate launch` for num_processes processes on one machine, each on its own GPU (or CPU), with a
+    rendezvous that cannot race another evaluation's for a port (blackbox/launch.py: torchrun standalone)."""
+    cmd = [sys.executable, "-m", "blackbox.launch", "--num_processes", str(num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     if num_processes > 1:
         cmd.append("--multi_gpu")  # on CPU too: N real processes with gloo (`--cpu` would run only one)
     return cmd
 
 
 def _launch_command(config: ExperimentConfig, run_dir: Path) -> list[str]:
-    return (_accelerate(config.launch.num_processes) + list(config.launch.accelerate_args)
+    return (accelerate_command(config.launch.num_processes) + list(config.launch.accelerate_args)
             + [str(TRAIN_SCRIPT), str(run_dir)])
 
 
@@ -84,8 +83,9 @@ def _train(config, run_dir: Path, gpus, deadline) -> dict:
     if rc != 0 or errors:
         tail = tail_of(run_dir / "train.log")
         if errors:
-            errors.sort(key=lambda e: KIND_PRIORITY.index(e.get("kind")) if e.get("kind") in KIND_PRIORITY
-                        else len(KIND_PRIORITY))
+            # the most telling kind; among equals the first to fail (the others failed because it did)
+            errors.sort(key=lambda e: (KIND_PRIORITY.index(e.get("kind")) if e.get("kind") in KIND_PRIORITY
+                                       else len(KIND_PRIORITY), e.get("time", 0.0)))
             error = errors[0]
             where = f" (rank {error['rank']})" if error.get("rank") else ""
             raise EvalFailure(error.get("kind", "error"), error.get("message", "training failed") + where, tail)
@@ -148,13 +148,19 @@ def finalist_work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | Non
     return _mmlu(config, run_dir, gpus, deadline, config.objective.mmlu.limit, name="mmlu_full")
 
 
-def _mmlu(config, run_dir: Path, gpus, deadline, limit: int | None, name: str = "mmlu") -> dict:
-    """lm-eval in a child; data-parallel over the evaluation's GPUs (one process per GPU) when it has
-    several. Device and dtype are resolved by torch in the child (`auto`). <name>.json records the
-    limit (questions per subject, None = all) it was measured with as mmlu_limit."""
+def mmlu_command(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None, limit: int | None,
+                 name: str = "mmlu") -> tuple[list[str], list[str] | None]:
+    """(command, the GPUs it runs on) of lm-eval for a run's adapter.
+
+    Data-parallel over the evaluation's GPUs (one process per GPU, lm-eval shards the questions and
+    only the main process writes <name>.json) when it has several. A 4-bit base runs in one process
+    on the first GPU: lm-eval treats a model it did not load itself as rank 0 of 1, so every process
+    would score every question on its own and write the same file."""
     mmlu = config.objective.mmlu
+    if config.model.quantization and gpus:
+        gpus = gpus[:1]
     processes = len(gpus) if gpus else 1
-    launcher = _accelerate(processes) + ["-m"] if processes > 1 else [sys.executable, "-m"]
+    launcher = accelerate_command(processes) + ["-m"] if processes > 1 else [sys.executable, "-m"]
     cmd = launcher + [
         "eval.mmlu", "--model", config.resolve(config.model.path), "--adapter", str(run_dir / "adapter"),
         "--task", mmlu.task, "--num-fewshot", str(mmlu.num_fewshot), "--batch-size", str(mmlu.batch_size),
@@ -167,6 +173,14 @@ def _mmlu(config, run_dir: Path, gpus, deadline, limit: int | None, name: str = 
         cmd += ["--limit", str(limit)]
     if config.model.trust_remote_code:
         cmd.append("--trust-remote-code")
+    return cmd, gpus
+
+
+def _mmlu(config, run_dir: Path, gpus, deadline, limit: int | None, name: str = "mmlu") -> dict:
+    """lm-eval in a child (mmlu_command). Device and dtype are resolved by torch in the child (`auto`).
+    <name>.json records the limit (questions per subject, None = all) it was measured with as mmlu_limit."""
+    cmd, gpus = mmlu_command(config, run_dir, gpus, limit, name)
+    processes = len(gpus) if gpus else 1
     t0 = time.time()
     (run_dir / f"{name}.json").unlink(missing_ok=True)  # a result is never one of an earlier attempt
     rc = _run_logged(cmd, run_dir / f"{name}.log", gpus, deadline)
@@ -258,10 +272,3 @@ def tail_of(path: Path, lines: int = 30) -> str:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def free_port() -> int:
-    """A free TCP port on this host, for a process group's rendezvous."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

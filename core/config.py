@@ -193,10 +193,14 @@ class LaunchConfig:
     gpus: list[int] | None = None  # indices into the GPUs torch sees (default: all); [0, 0] shares GPU 0 by 2 slots
     timeout_minutes: float | None = None  # wall-clock limit of one evaluation; the whole process group is killed
     accelerate_args: list[str] = field(default_factory=list)  # extra `accelerate launch` options
+    # how long the processes of one training wait for each other in a collective (torch.distributed's
+    # timeout; transformers' default is 30 min): a rank that hangs ends the group after this
+    ddp_timeout_minutes: float = 10.0
 
     def check(self):
         _positive("launch.num_processes", self.num_processes)
         _positive("launch.parallel", self.parallel)
+        _positive("launch.ddp_timeout_minutes", self.ddp_timeout_minutes)
         _one_of("launch.device", self.device, ["auto", "cuda", "cpu"])
         _one_of("launch.executor", self.executor, ["local", "slurm"])
         _positive("launch.timeout_minutes", self.timeout_minutes, allow_none=True)

@@ -323,14 +323,19 @@ def _chat_template_for(data: dict, tokenizer, tokenizer_path: str) -> str | None
     return None
 
 
-def collator_for(tokenizer, data: dict):
+def collator_for(tokenizer, data: dict, attn_implementation: str = "sdpa"):
     """Batches for training and validation. Packing (data.packing): padding-free rows, examples
     concatenated with position ids restarting per example; else each batch padded to its longest
-    example (or to max_length with data["pad_to_max_length"], which only the throughput benchmark sets)."""
+    example (or to max_length with data["pad_to_max_length"], which only the throughput benchmark sets).
+
+    With flash_attention_2, packed rows also carry flash-attention's sequence boundaries
+    (cu_seq_lens, max_length: HF's padding-free recipe), so the varlen kernel runs on them; sdpa
+    and eager build their block mask from the position ids (correct, but a dense [T, T] mask)."""
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
     if data["packing"]:
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX,
+                                          return_flash_attn_kwargs=attn_implementation == "flash_attention_2")
     pad_to = data["max_length"] if data.get("pad_to_max_length") else None
     return DataCollatorForSeq2Seq(tokenizer, padding="max_length" if pad_to else True, max_length=pad_to,
                                   label_pad_token_id=IGNORE_INDEX)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 def add_loading_arguments(parser) -> None:
     """The model-loading options of the evaluation commands (python -m eval.mmlu, eval.rouge)."""
-    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on a GPU that supports it, else float16; "
+                                                        "float32 on CPU), float32, bfloat16, float16")
     parser.add_argument("--device", default="auto", help="auto (a GPU if torch sees one), cuda, cuda:N or cpu")
     parser.add_argument("--quantization", default=None, choices=["4bit"], help="4bit: NF4 base weights (QLoRA)")
     parser.add_argument("--trust-remote-code", action="store_true")
@@ -30,25 +31,35 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def resolve_dtype(name: str, device: str = "auto"):
-    """torch dtype for model.dtype; `auto` = bfloat16 on a GPU, float32 on CPU (bf16 matmuls are slow there)."""
+    """torch dtype for model.dtype; `auto` = the GPU's half precision (half_dtype), float32 on CPU
+    (bf16 matmuls are slow there)."""
     import torch
 
     if name == "auto":
-        name = "bfloat16" if resolve_device(device).startswith("cuda") else "float32"
+        return half_dtype() if resolve_device(device).startswith("cuda") else torch.float32
     return getattr(torch, name)
 
 
-def quantization_config(quantization: str | None):
-    """bitsandbytes NF4 with double quantization and bf16 compute (the QLoRA recipe), or None."""
+def half_dtype():
+    """bfloat16 where it is computed natively (Ampere and newer GPUs, and on CPU), else float16 (a V100 or
+    T4 has no bf16: there training uses fp16 with a loss scaler)."""
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.float16
+    return torch.bfloat16
+
+
+def quantization_config(quantization: str | None, compute_dtype=None):
+    """bitsandbytes NF4 with double quantization and half-precision compute (the QLoRA recipe), or None."""
     if quantization is None:
         return None
     if quantization != "4bit":
         raise ValueError(f"model.quantization: {quantization!r} is not one of 4bit")
-    import torch
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+                              bnb_4bit_compute_dtype=compute_dtype or half_dtype())
 
 
 def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False):
@@ -64,14 +75,17 @@ def load_model(path: str, *, dtype, revision: str | None = None, attn_implementa
                trust_remote_code: bool = False, quantization: str | None = None, device: str | None = None):
     """The base model in its training dtype from the start (never fp32 weights on GPU).
 
-    A 4-bit base is placed on `device` while loading (bitsandbytes quantizes on the way in);
-    other models load on CPU and the caller (Trainer, lm-eval) moves them.
+    Loaded straight onto `device` when it is a GPU (device_map: each rank's weights go from the files to
+    its own GPU, not through a full copy in host memory per process); a 4-bit base is always placed
+    while loading (bitsandbytes quantizes on the way in). Without a device the model stays on CPU.
     """
     from transformers import AutoModelForCausalLM
 
     extra = {}
     if quantization:
-        extra = {"quantization_config": quantization_config(quantization), "device_map": {"": device or "cpu"}}
+        extra = {"quantization_config": quantization_config(quantization, dtype), "device_map": {"": device or "cpu"}}
+    elif device and device.startswith("cuda"):
+        extra = {"device_map": {"": device}}
     model = AutoModelForCausalLM.from_pretrained(
         path, revision=revision, dtype=dtype, attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code, **extra)
@@ -116,15 +130,33 @@ def load_base(model_spec: dict, dtype, gradient_checkpointing: bool = False):
 
 
 def run_dtype(spec: dict):
-    """The weights' dtype of a run: bfloat16 compute for a 4-bit base, else model.dtype (auto from torch)."""
-    return resolve_dtype("bfloat16" if spec["model"].get("quantization") else spec["model"]["dtype"])
+    """The weights' dtype of a run: half-precision compute for a 4-bit base, else model.dtype (auto from torch)."""
+    if spec["model"].get("quantization"):
+        return half_dtype()
+    return resolve_dtype(spec["model"]["dtype"])
+
+
+def load_adapter(model, folder: str | Path, dtype):
+    """A run's saved adapter on its base, computed in the run's dtype (what training computed and what
+    its validation loss measured): peft's default would turn a bf16 adapter back into fp32."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, str(folder), autocast_adapter_dtype=False)
+    cast_lora(model, dtype)
+    return model
+
+
+def cast_lora(model, dtype) -> None:
+    """The LoRA weights of a peft model in `dtype`, in place. peft keeps them in fp32 during training;
+    cast after training, the adapter that is measured, saved, scored on MMLU and exported is one."""
+    for name, param in model.named_parameters():
+        if "lora_" in name and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
 
 
 def load_for_eval(run_dir: str | Path):
     """Base model + the run's adapter + its validation split and collator, from the run folder alone,
     to recompute a stored number (python -m eval.loss <run dir>)."""
-    from peft import PeftModel
-
     from core.data import collator_for, load_tokenized
 
     run_dir = Path(run_dir)
@@ -132,8 +164,10 @@ def load_for_eval(run_dir: str | Path):
     model_spec = spec["model"]
     tokenizer = load_tokenizer(model_spec["path"], model_spec["revision"], model_spec["trust_remote_code"])
     _, val_set = load_tokenized(spec["data"], tokenizer, model_spec["path"], spec["cache_dir"])
-    model = PeftModel.from_pretrained(load_base(model_spec, run_dtype(spec)), str(run_dir / "adapter"))
-    return model.to(resolve_device()), val_set, collator_for(tokenizer, spec["data"]), spec
+    dtype = run_dtype(spec)
+    model = load_adapter(load_base(model_spec, dtype), run_dir / "adapter", dtype)
+    collator = collator_for(tokenizer, spec["data"], model_spec["attn_implementation"])
+    return model.to(resolve_device()), val_set, collator, spec
 
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what peft's save_pretrained writes (safetensors)

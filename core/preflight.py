@@ -14,7 +14,13 @@ that names the setting and the fix; nothing is trained and no run folder is made
   HF_HUB_OFFLINE=1, or reachable with the current token otherwise.
 - `visible_gpus` / `gpu_slots`: the GPUs torch sees (CUDA_VISIBLE_DEVICES entries: indices,
   UUIDs or MIG ids), split into `launch.parallel` slots of `launch.num_processes`.
+- `check_torch_sees_gpus` (in `gpu_slots`, unless launch.device is cpu): nvidia-smi lists GPUs but torch
+  sees none (a torch built for a newer CUDA than the driver's, or a CPU build): stop, rather than train
+  every point on CPU; the line names both CUDA versions and the reinstall (core/nvidia.py). Without
+  nvidia-smi on PATH it costs a PATH lookup.
 - `slurm_slots`: with launch.executor=slurm, `launch.parallel` jobs in flight; sbatch must be on PATH.
+- `check_model_runtime` (check_attention, check_bf16): flash_attention_2 needs flash-attn and a GPU;
+  bf16 needs a GPU that has it.
 - `check_trackers`: the package of each tracker in train.report_to is importable; wandb can log
   (WANDB_API_KEY, or WANDB_MODE=offline).
 """
@@ -223,14 +229,34 @@ def cuda_driver_present() -> bool:
     return True
 
 
+def check_torch_sees_gpus() -> None:
+    """Raise PreflightError when nvidia-smi (on PATH) lists GPUs and torch sees none: with launch.device
+    auto every point would silently train on CPU. Imports torch only when nvidia-smi lists GPUs (and
+    also when libcuda.so.1 cannot be loaded: a driver torch cannot use is this very case)."""
+    from core.nvidia import no_gpu_message, read_driver
+
+    driver = read_driver()
+    if driver is None or driver.gpus == 0:
+        return
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return
+    raise PreflightError(no_gpu_message(driver, torch.__version__, torch.version.cuda,
+                                        os.environ.get("CUDA_VISIBLE_DEVICES")))
+
+
 def gpu_slots(config: ExperimentConfig, visible: list[str] | None = None) -> list[list[str] | None]:
     """launch.parallel groups of launch.num_processes GPUs, each evaluation's CUDA_VISIBLE_DEVICES;
-    None = the evaluation runs on CPU. Raises PreflightError when the GPUs do not suffice."""
+    None = the evaluation runs on CPU. Raises PreflightError when the GPUs do not suffice, or when
+    nvidia-smi lists GPUs that torch cannot see (visible not given: this machine's)."""
     launch = config.launch
     n, k = launch.num_processes, launch.parallel
     if launch.device == "cpu":
         return [[] for _ in range(k)]  # an empty CUDA_VISIBLE_DEVICES hides the GPUs from the children
-    visible = visible_gpus() if visible is None else visible
+    if visible is None:
+        check_torch_sees_gpus()
+        visible = visible_gpus()
     if launch.gpus is not None:
         bad = [i for i in launch.gpus if not 0 <= i < len(visible)]
         if bad:
@@ -275,9 +301,50 @@ def check_before_training(config: ExperimentConfig) -> tuple[list[list[str] | No
     check_inputs(config)
     check_trackers(config)
     warnings = check_hub(config)
-    if config.launch.executor == "slurm":
-        return slurm_slots(config), warnings
-    return gpu_slots(config), warnings
+    slots = slurm_slots(config) if config.launch.executor == "slurm" else gpu_slots(config)
+    check_model_runtime(config, slots)
+    return slots, warnings
+
+
+def check_model_runtime(config: ExperimentConfig, slots: list[list[str] | None]) -> None:
+    """What the model settings need from the machine that runs them (check_attention, check_bf16).
+    slots: gpu_slots' answer (GPUs of this machine) or slurm_slots' (the job's GPUs are not seen here)."""
+    on_gpu = config.launch.executor == "slurm" or any(slots)
+    check_attention(config, on_gpu)
+    if config.launch.executor == "local" and any(slots):
+        check_bf16(config)
+
+
+def check_attention(config: ExperimentConfig, on_gpu: bool) -> None:
+    """flash_attention_2 needs the flash-attn package and a GPU: without them every point would fail
+    while its model loads."""
+    import importlib.util
+
+    if config.model.attn_implementation != "flash_attention_2":
+        return
+    if importlib.util.find_spec("flash_attn") is None:
+        raise PreflightError("model.attn_implementation: flash_attention_2 needs the flash-attn package, which is "
+                             "not installed: pip install flash-attn --no-build-isolation (on the GPU server, "
+                             "built for its torch and CUDA), or set model.attn_implementation=sdpa")
+    if not on_gpu:
+        raise PreflightError("model.attn_implementation: flash_attention_2 runs on a GPU only, and these "
+                             "evaluations would run on CPU: set model.attn_implementation=sdpa, or make a GPU "
+                             "visible (launch.device=cuda)")
+
+
+def check_bf16(config: ExperimentConfig) -> None:
+    """bf16 asked for explicitly needs a GPU that computes it (a V100 or T4 does not: there `auto` is fp16)."""
+    key = ("train.precision" if config.train.precision == "bf16"
+           else "model.dtype" if config.model.dtype == "bfloat16" else None)
+    if key is None:
+        return
+    import torch
+
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        major, minor = torch.cuda.get_device_capability(0)
+        raise PreflightError(f"{key}: bf16, but the {torch.cuda.get_device_name(0)} (compute capability "
+                             f"{major}.{minor}) does not compute bfloat16: set {key}=auto (fp16 with loss "
+                             f"scaling on this GPU) or fp16")
 
 
 def slurm_slots(config: ExperimentConfig) -> list[None]:

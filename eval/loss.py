@@ -29,7 +29,7 @@ def validation_loss(model, dataset, collator, batch_size: int) -> dict:
     indices = list(range(rank, len(dataset), world))
     for start in range(0, len(indices), batch_size):
         batch = collator([dataset[i] for i in indices[start:start + batch_size]])
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}  # flash kwargs: ints too
         labels = batch.pop("labels")
         logits = model(**batch).logits.float()
         shifted = labels[:, 1:]  # position t predicts token t+1

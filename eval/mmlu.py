@@ -5,8 +5,10 @@
     accelerate launch --multi_gpu --num_processes 4 -m eval.mmlu ...   # data-parallel over 4 GPUs
 
 `--device auto` / `--dtype auto` are resolved by torch here: the first GPU torch sees and
-bfloat16, else CPU and float32. Under `accelerate launch` lm-eval shards the questions over
-the processes (one per GPU) and only the main process writes the result.
+bfloat16 (float16 on a GPU without bf16), else CPU and float32; the adapter's LoRA weights are
+computed in that dtype too, as in training. Under `accelerate launch` lm-eval shards the questions
+over the processes (one per GPU) and only the main process writes the result; a 4-bit base runs
+in one process.
 
 task="mmlu_local" (default) reads `data_dir/dev.jsonl` (few-shot examples) and
 `data_dir/test.jsonl`, one cais/mmlu-style object per line
@@ -31,6 +33,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import sys
@@ -38,7 +41,8 @@ import tempfile
 from pathlib import Path
 
 from core.config import MMLU_TASKS, MmluConfig
-from core.model import add_loading_arguments, load_model, load_tokenizer, resolve_device, resolve_dtype
+from core.model import (add_loading_arguments, cast_lora, half_dtype, load_adapter, load_model, load_tokenizer,
+                        resolve_device, resolve_dtype)
 
 TEMPLATE = Path(__file__).resolve().parent / "tasks" / "mmlu_local" / "_mmlu_local_template_yaml"
 _SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -81,20 +85,12 @@ def _evaluate(model_path, adapter_path, *, task, data_dir, num_fewshot, limit, b
 
         hint_filter = _DropLogLines("Custom kwargs can be passed")  # one warning per subject; our kwargs are in the YAML
         logging.getLogger("lm_eval.api.task").addFilter(hint_filter)
-        device = resolve_device(device)
-        dtype = str(resolve_dtype(dtype, device)).replace("torch.", "")
-        if quantization:  # the same 4-bit base the adapter was trained on, built by the shared loader
-            model, model_args = _quantized_lm(model_path, adapter_path, quantization, device, batch_size,
-                                              trust_remote_code), None
-        else:
-            model = "hf"
-            model_args = {"pretrained": model_path, "dtype": dtype, "trust_remote_code": trust_remote_code}
-            if adapter_path:
-                model_args["peft"] = adapter_path
+        lm = language_model(model_path, adapter_path, dtype=dtype, device=device, quantization=quantization,
+                            batch_size=batch_size, trust_remote_code=trust_remote_code)
         try:
             raw = lm_eval.simple_evaluate(
-                model=model, model_args=model_args, tasks=[task], num_fewshot=fewshot_arg, limit=limit,
-                batch_size=batch_size, device=device, task_manager=task_manager, log_samples=log_samples,
+                model=lm, tasks=[task], num_fewshot=fewshot_arg, limit=limit, batch_size=batch_size,
+                task_manager=task_manager, log_samples=log_samples,
             )
         finally:
             logging.getLogger("lm_eval.api.task").removeFilter(hint_filter)
@@ -103,19 +99,39 @@ def _evaluate(model_path, adapter_path, *, task, data_dir, num_fewshot, limit, b
     return summarize(raw, task, lm_eval.__version__), raw
 
 
-def _quantized_lm(model_path, adapter_path, quantization, device, batch_size, trust_remote_code):
-    """lm-eval's HF wrapper around a 4-bit base (+ adapter) loaded by core/model.py: lm-eval's own
-    `load_in_4bit` argument no longer reaches the pinned transformers. One process (no data parallelism)."""
-    from lm_eval.models.huggingface import HFLM
-    from peft import PeftModel
+def language_model(model_path: str, adapter_path: str | None, *, dtype: str = "auto", device: str = "auto",
+                   quantization: str | None = None, batch_size: int = 8, trust_remote_code: bool = False):
+    """lm-eval's HF model of base + adapter, with the LoRA weights in the run's dtype.
 
-    model = load_model(model_path, dtype=resolve_dtype("bfloat16"), quantization=quantization,
-                       trust_remote_code=trust_remote_code, device=device)
+    A plain base is loaded by lm-eval, straight onto this process's GPU (one per process under
+    `accelerate launch`, which lm-eval shards over). A 4-bit base is built by core/model.py, as for
+    training (lm-eval's own `load_in_4bit` no longer reaches the pinned transformers): lm-eval then
+    treats it as one process (rank 0 of 1), so it is never run data-parallel."""
+    from lm_eval.api.registry import get_model
+
+    device = resolve_device(device)
+    torch_dtype = half_dtype() if quantization else resolve_dtype(dtype, device)
+    if quantization:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("a 4-bit base is scored in one process: run python -m eval.mmlu without "
+                             "accelerate launch (every process would score every question and write --out)")
+        from lm_eval.models.huggingface import HFLM
+
+        model = load_model(model_path, dtype=torch_dtype, quantization=quantization,
+                           trust_remote_code=trust_remote_code, device=device)
+        if adapter_path:
+            model = load_adapter(model, adapter_path, torch_dtype)
+        model.eval()
+        return HFLM(pretrained=model, tokenizer=load_tokenizer(model_path, trust_remote_code=trust_remote_code),
+                    batch_size=batch_size)
+    args = {"pretrained": model_path, "dtype": str(torch_dtype).replace("torch.", ""),
+            "trust_remote_code": trust_remote_code}
     if adapter_path:
-        model = PeftModel.from_pretrained(model, adapter_path)
-    model.eval()
-    return HFLM(pretrained=model, tokenizer=load_tokenizer(model_path, trust_remote_code=trust_remote_code),
-                batch_size=batch_size)
+        args["peft"] = adapter_path
+    lm = get_model("hf").create_from_arg_obj(args, {"batch_size": batch_size, "device": device})
+    if adapter_path:
+        cast_lora(lm.model, torch_dtype)  # lm-eval loads the adapter with peft's default: LoRA in fp32
+    return lm
 
 
 def validate_data(data_dir: str | None, num_fewshot: int) -> list[str]:
@@ -273,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     text = json.dumps(result, indent=2)
     if args.out:
-        tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
+        tmp = Path(args.out).with_name(f".{Path(args.out).name}.{os.getpid()}.tmp")  # one writer per file
         tmp.write_text(text + "\n")
         tmp.replace(args.out)  # atomic: a reader never sees half a result
     print(text)

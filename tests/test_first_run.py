@@ -112,7 +112,7 @@ def test_a_fake_nvidia_smi_does_not_make_gpus(tmp_path, assets):
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", CUDA_VISIBLE_DEVICES="0,1")
     proc = bbo("run", experiment, env=env)
     assert proc.returncode == 2
-    assert "launch.device is cuda but torch sees no GPU" in proc.stderr
+    assert "nvidia-smi lists 8 GPUs" in proc.stderr and "torch sees no GPU" in proc.stderr  # tests/test_cuda_setup.py
     assert run_folders(experiment) == []
     plan = bbo("plan", experiment, env=env)
     assert plan.returncode == 1 and "torch sees no GPU" in plan.stdout
