@@ -5,7 +5,8 @@
 Why: a LLaMA-2-7B search is 50-100 evaluations of hours each on rented GPUs. An
 out-of-memory at the largest rank shows up only when NOMAD first proposes that rank,
 possibly a day in, and a search that takes three weeks is better known on day zero.
-This module answers, from config.json alone (no weights are downloaded):
+This module answers, from config.json alone (no weights are downloaded; the memory model is in
+bbo/plan_memory.py, the printed text in bbo/plan_text.py):
 
 - memory per GPU of ONE training process at the LARGEST rank of `space:` (and the
   largest dropout), with and without gradient checkpointing, against ~90% of the GPU's
@@ -14,55 +15,6 @@ This module answers, from config.json alone (no weights are downloaded):
 - disk for the adapters of the whole budget;
 - MMLU questions: per evaluation (mmlu.search_limit, else mmlu.limit, per subject) x the budget,
   and the objective.finalists' full MMLU after the search (mmlu.limit), counted in the local set.
-
-Parameter counts
-----------------
-The architecture is built from config.json on the meta device (no memory, no weights)
-and counted. config.json comes from the local model folder (model.path), else from the
-hub cache, else from a copy shipped in bbo/known_models/<org>--<name>.json (LLaMA-2-7B).
-An unknown hub id without a local copy gives "unknown model size", never a guess.
-LoRA adds r * (in_features + out_features) parameters per adapted linear module (A is
-r x in, B is out x r), for every module named by lora.target_modules (peft's matching:
-the module's name or its last dotted parts).
-
-Memory model (bytes, one process, N = parameters, P = LoRA parameters at the largest rank)
------------------------------------------------------------------------------------------
-(a) base weights: N x 2 (model.dtype auto = bfloat16 on GPU; float32 = 4).
-    model.quantization=4bit (bitsandbytes NF4, double quantisation): every linear layer of
-    the decoder stores 4 bits/param + 0.127 bit/param of block scales (one 8-bit absmax per
-    64-element block = 0.125, one fp32 scale per 256 of those = 0.002), i.e. ~0.516 byte;
-    embeddings, lm_head and norms are not quantised, and train.py's
-    peft.prepare_model_for_kbit_training casts them to float32 (4 bytes/param).
-(b) LoRA: peft keeps adapter weights in float32 when the base is bf16/fp16
-    (autocast_adapter_dtype): P x 4 weights + P x 4 gradients + P x 8 AdamW (exp_avg and
-    exp_avg_sq, fp32) + P x 4 DDP gradient buckets when launch.num_processes > 1 (DDP keeps
-    a flat copy of the gradients to all-reduce). The optimizer step's temporaries are
-    allocated after backward has freed the activations and are not counted.
-(c) activations of train.per_device_batch_size x data.max_length tokens (T; packing puts the
-    examples of a batch in one row of at most that many tokens), a = 2 bytes (bf16 autocast;
-    4 when train.precision=fp32). Saved for backward, per token and per LLaMA-style
-    decoder layer (h = hidden_size, i = intermediate_size, q = heads x head_dim,
-    kv = key/value heads x head_dim, n = heads):
-      attention  4h  norm input (RMSNorm upcasts its input to fp32 and keeps it)
-               + a*h normed (the input LoRA's A matrices of q/k/v need for their gradients)
-               + a*(q + 2kv)  q, k, v (after rotary; SDPA keeps them)
-               + a*q attention output (o_proj's input) + 4n  SDPA's log-sum-exp (fp32)
-      MLP        4h  norm input (fp32) + a*h normed
-               + 4a*i  gate, up, act(gate), act(gate)*up (down_proj's input)
-      LoRA       a * sum(r) over the layer's adapted modules (A's output, B's input)
-      dropout    (a + 1) * sum(in_features) over the layer's adapted modules when the space
-                 allows lora dropout > 0: each adapted module draws its own dropout, whose
-                 output (a bytes) and mask (1 byte) are kept. The normed inputs above are still
-                 counted, so this slightly overstates. With dropout 0 peft skips the dropout.
-    Without checkpointing: T x layers x (attention + MLP + LoRA + dropout).
-    With gradient checkpointing (one checkpoint per decoder layer, as transformers does):
-    T x layers x a*h (each layer's input) + T x (attention + MLP + LoRA + dropout): one
-    layer is recomputed at a time during backward.
-    Logits: T x vocab x (a bf16 logits + 4 fp32 upcast for the loss, kept by log-softmax
-    + 4 fp32 gradient); not affected by checkpointing.
-(d) 1.5 GiB for the CUDA context, cuBLAS workspaces and allocator fragmentation.
-Verdict: compared with 90% of the GPU's memory ("80GB" is read as 80 GiB, as nvidia-smi
-shows it); the rest is headroom for what the model above leaves out.
 
 Time and disk
 -------------
@@ -77,7 +29,7 @@ ceil(nomad.budget / launch.parallel). Tokens/s per GPU: --tokens-per-second, els
 2,400 (HF LoRA on Llama-2-7B at seq 1024, LLaMA-Factory's published figure) and H100 twice
 that (a guess, not measured); with these defaults, gradient checkpointing makes training
 4/3 as long, and a model of another size scales them by 6.74e9 / N (none beyond 8x).
-Process start, model loading and MMLU are not included. Adapter disk: P x 2 bytes (4 for a
+Process start, model loading and MMLU are not included. Adapter disk: P (LoRA parameters) x 2 bytes (4 for a
 float32 base: adapters are saved in the weights' dtype) per adapter, at the largest rank, x
 nomad.budget, or with train.keep_adapters best:k (none: k = 0) x k + launch.parallel (the
 ones trained but not yet ranked): an upper bound.
@@ -90,13 +42,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GIB = 2 ** 30
-USABLE_FRACTION = 0.90  # of the GPU's memory; the rest is headroom for what the model leaves out
-OVERHEAD_GIB = 1.5  # CUDA context + cuBLAS workspaces + allocator fragmentation
-NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4-bit codes + double-quantised block scales: ~4.127 bits/param
+# the memory model and the words, under the names callers import from bbo.plan
+from bbo.plan_memory import (GIB, KNOWN_MODELS, NF4_BITS, OVERHEAD_GIB, USABLE_FRACTION, Arch,  # noqa: F401
+                             activation_bytes_per_token_layer, find_model_config, load_arch, memory_breakdown,
+                             memory_verdict)
+from bbo.plan_text import machine_text, num, plan_text  # noqa: F401
+
 VAL_COST = 1 / 3  # a validation token is a forward pass only: ~1/3 of a training token
 CHECKPOINTING_COST = 4 / 3  # gradient checkpointing recomputes the forward: ~1/3 more compute
-KNOWN_MODELS = Path(__file__).resolve().parent / "known_models"
 
 REFERENCE_PARAMS = 6.74e9  # LLaMA-2-7B, the model the default throughputs are for
 A100_TOKENS_PER_SECOND = 2400.0
@@ -153,29 +106,6 @@ def detect_gpus() -> GpuSpec | None:
     return GpuSpec(torch.cuda.device_count(), name.upper(), round(props.total_memory / GIB, 1))
 
 
-def machine_text() -> str:
-    """This machine's torch, NVIDIA driver and the GPUs torch sees: what a search here would train on."""
-    import shutil
-
-    import torch
-
-    from core.nvidia import read_driver, torch_build
-
-    driver = read_driver()
-    if driver is None:
-        smi = "no nvidia-smi" if shutil.which("nvidia-smi") is None else "nvidia-smi failed: no usable driver"
-    else:
-        smi = (f"{driver.version or 'version unknown'}, CUDA {driver.cuda or 'unknown'} "
-               f"({driver.gpus} GPUs listed by nvidia-smi)")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    seen = ", ".join(f"{i} {torch.cuda.get_device_name(i)}" for i in range(count)) if count else "none"
-    lines = ["this machine",
-             f"  {'torch':<22}{torch.__version__} ({torch_build(torch.version.cuda)})",
-             f"  {'NVIDIA driver':<22}{smi}",
-             f"  {'GPUs torch sees':<22}{count}" + (f": {seen}" if count else "")]
-    return "\n".join(lines) + "\n"
-
-
 def default_throughput(gpus: GpuSpec | None) -> tuple[float, str] | None:
     if gpus is None:
         return None
@@ -183,126 +113,6 @@ def default_throughput(gpus: GpuSpec | None) -> tuple[float, str] | None:
         if kind in gpus.name.upper():
             return value
     return None
-
-
-# ---------------------------------------------------------------- the architecture
-
-@dataclass
-class Arch:
-    """What the estimate needs from config.json (counted on the meta device)."""
-    source: str  # where config.json came from
-    params: int
-    quantizable: int  # linear-layer parameters bitsandbytes quantises (all but lm_head)
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    q_dim: int
-    kv_dim: int
-    vocab: int
-    linears: list[tuple[str, int, int]]  # (module name, in_features, out_features)
-
-    def adapted(self, target_modules: list[str]) -> list[tuple[str, int, int]]:
-        """The linear modules peft adapts: name == target or name ends with '.' + target."""
-        return [m for m in self.linears if any(m[0] == t or m[0].endswith("." + t) for t in target_modules)]
-
-
-def find_model_config(config) -> tuple[dict, str] | None:
-    """(config.json as a dict, where it came from), or None when the model's size is unknown."""
-    path = config.resolve(config.model.path)
-    folder = Path(path)
-    if folder.is_dir():
-        file = folder / "config.json"
-        return (json.loads(file.read_text()), str(file)) if file.is_file() else None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(path, "config.json", revision=config.model.revision)
-        if isinstance(cached, str):
-            return json.loads(Path(cached).read_text()), f"{cached} (hub cache)"
-    except Exception:  # noqa: BLE001 - not a valid repo id, no hub library: fall through
-        pass
-    shipped = KNOWN_MODELS / (path.replace("/", "--") + ".json")
-    if shipped.is_file():
-        where = f"bbo/known_models/{shipped.name} (shipped copy of {path}'s config.json)"
-        return json.loads(shipped.read_text()), where
-    return None
-
-
-def load_arch(cfg: dict, source: str) -> Arch:
-    """Instantiate the architecture on the meta device and count."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    try:
-        model_config = AutoConfig.for_model(**cfg)
-    except (KeyError, ValueError):
-        from transformers import LlamaConfig
-
-        model_config = LlamaConfig(**cfg)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config)
-    params = sum(p.numel() for p in model.parameters())
-    output = model.get_output_embeddings()
-    linears, quantizable = [], 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            linears.append((name, module.in_features, module.out_features))
-            if module is not output:
-                quantizable += sum(p.numel() for p in module.parameters())
-    c = model_config
-    hidden = c.hidden_size
-    heads = c.num_attention_heads
-    head_dim = getattr(c, "head_dim", None) or hidden // heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or heads
-    return Arch(source=source, params=params, quantizable=quantizable, layers=c.num_hidden_layers, hidden=hidden,
-                intermediate=getattr(c, "intermediate_size", None) or 4 * hidden, heads=heads,
-                q_dim=heads * head_dim, kv_dim=kv_heads * head_dim, vocab=c.vocab_size, linears=linears)
-
-
-# ---------------------------------------------------------------- memory
-
-def activation_bytes_per_token_layer(arch: Arch, adapted: list, rank: int, dropout: bool, a: int = 2) -> dict:
-    """The documented formula (module docstring, (c)), term by term, in bytes per token per layer."""
-    h, i, n = arch.hidden, arch.intermediate, arch.heads
-    per_layer = len(adapted) / arch.layers
-    in_features = sum(m[1] for m in adapted) / arch.layers
-    return {
-        "attention": 4 * h + a * h + a * (arch.q_dim + 2 * arch.kv_dim) + a * arch.q_dim + 4 * n,
-        "mlp": 4 * h + a * h + 4 * a * i,
-        "lora": a * rank * per_layer,
-        "dropout": (a + 1) * in_features if dropout else 0,
-    }
-
-
-def memory_breakdown(arch: Arch, adapted: list, rank: int, *, tokens: int, dtype_bytes: float = 2, a: int = 2,
-                     quantization: str | None = None, ddp: bool = False, dropout: bool = False,
-                     checkpointing: bool = False) -> dict:
-    """GiB per item of one training process; see the module docstring for each term."""
-    if quantization == "4bit":
-        weights = arch.quantizable * NF4_BITS / 8 + (arch.params - arch.quantizable) * 4
-    else:
-        weights = arch.params * dtype_bytes
-    lora = rank * sum(m[1] + m[2] for m in adapted)
-    per = sum(activation_bytes_per_token_layer(arch, adapted, rank, dropout, a).values())
-    if checkpointing:
-        activations = tokens * arch.layers * a * arch.hidden + tokens * per
-    else:
-        activations = tokens * arch.layers * per
-    out = {
-        "weights": weights,
-        "lora_weights": lora * 4,
-        "lora_grads": lora * 4,
-        "optimizer": lora * 8,
-        "ddp_buckets": lora * 4 if ddp else 0,
-        "activations": activations,
-        "logits": tokens * arch.vocab * (a + 4 + 4),
-    }
-    out = {k: v / GIB for k, v in out.items()}
-    out["overhead"] = OVERHEAD_GIB
-    out["total"] = sum(out.values())
-    return out
 
 
 # ---------------------------------------------------------------- the plan
@@ -351,9 +161,6 @@ class Plan:
     mmlu_full: int | None = None  # MMLU questions per finalist afterwards (mmlu.limit)
     warnings: list = field(default_factory=list)
 
-    def mmlu_full_limit_text(self) -> str:
-        return "every question" if self.mmlu_full is None else f"{self.mmlu_full} questions"
-
     @property
     def total_gib(self) -> float | None:
         """The memory the run would need, with its gradient checkpointing setting."""
@@ -361,112 +168,8 @@ class Plan:
         return chosen["total"] if chosen else None
 
     def text(self) -> str:
-        lines = [f"plan for {self.experiment}: memory at the largest point, time and disk of the search"]
-
-        def row(label, value):
-            lines.append(f"  {label:<22}{value}")
-
-        if self.model_source:
-            row("model", f"{self.model}: {_num(self.params)} parameters")
-            row("", f"config.json: {self.model_source}")
-        else:
-            row("model", f"{self.model}: unknown model size (no local config.json and no shipped copy; "
-                         f"set model.path to a local folder)")
-        if self.gpus:
-            row("GPUs", f"{self.gpus.count} x {self.gpus.name}, {self.gpus.memory_gib:.1f} GiB each "
-                        f"({self.usable_gib:.1f} GiB usable at {USABLE_FRACTION:.0%})")
-        else:
-            row("GPUs", "unknown (give --gpus, e.g. 4xA100-80GB): memory only, no verdict")
-        if self.rank is not None:
-            ranks = f" of {self.ranks}" if len(self.ranks) > 1 else ""
-            row("largest point", f"rank {self.rank}{ranks}, dropout up to {self.dropout:g}")
-        if self.lora_params is not None:
-            by_module = ", ".join(f"{k} {_num(v)}" for k, v in self.lora_params_by_module.items())
-            row("LoRA parameters", f"{_num(self.lora_params)} at rank {self.rank} ({by_module})")
-        row("tokens per GPU batch", f"{self.tokens_per_batch:,} (train.per_device_batch_size x data.max_length)")
-
-        if self.memory:
-            m, c = self.memory, self.memory_checkpointing
-            base = "NF4 linears, fp32 rest" if self.quantization == "4bit" else self.weights_dtype
-            items = [("base weights", "weights", base), ("LoRA weights", "lora_weights", "fp32"),
-                     ("LoRA gradients", "lora_grads", "fp32"), ("AdamW states", "optimizer", "2 x fp32"),
-                     ("DDP gradient buckets", "ddp_buckets", "fp32"),
-                     ("activations", "activations", self.activations_dtype),
-                     ("logits", "logits", f"{self.activations_dtype} + fp32 copy + fp32 grad"),
-                     ("CUDA context, fragm.", "overhead", "fixed")]
-            items = [(f"{label} ({note})", key) for label, key, note in items if key != "ddp_buckets" or m[key]]
-            width = max(len(label) for label, _ in items) + 2
-            lines.append("")
-            lines.append(f"  {'memory per GPU (one process)':<{width + 2}}{'without':>7}  {'with':>7}"
-                         f"  gradient checkpointing")
-            for label, key in items:
-                lines.append(f"    {label:<{width}}{m[key]:>7.1f}  {c[key]:>7.1f}  GiB")
-            lines.append(f"    {'total':<{width}}{m['total']:>7.1f}  {c['total']:>7.1f}  GiB"
-                         + (f"   (usable: {self.usable_gib:.1f} GiB)" if self.usable_gib else ""))
-            setting = "on" if self.gradient_checkpointing else "off"
-            if self.verdict:
-                needed = m["total"] if self.verdict == "fits" else c["total"]
-                other = c["total"] if self.verdict == "fits" else m["total"]
-                row("verdict", f"{self.verdict}: {needed:.1f} of {self.usable_gib:.1f} GiB usable "
-                               f"({other:.1f} GiB {'with' if self.verdict == 'fits' else 'without'} gradient "
-                               f"checkpointing; train.gradient_checkpointing is {setting})")
-            for item in self.advice:
-                row("", f"- {item}")
-
-        lines.append("")
-        if self.train_tokens is not None:
-            row("tokens per evaluation", f"{self.train_tokens:,} train + {self.val_tokens:,} validation "
-                                         f"x {self.val_passes} passes (train.eval_every) ({self.tokens_source})")
-        else:
-            row("tokens per evaluation", f"unknown: {self.tokens_source}")
-        if self.tokens_per_second:
-            row("throughput", f"{self.tokens_per_second:,.0f} tokens/s per GPU x {self.num_processes} "
-                              f"GPU(s) per evaluation ({self.throughput_source})")
-        else:
-            row("throughput", f"unknown: {self.throughput_source}")
-        if self.seconds_per_eval is None:
-            row("time per evaluation", "unknown (needs the tokens and the throughput above)")
-        else:
-            row("time per evaluation", f"{_hours(self.seconds_per_eval)} "
-                                       f"(training + validation; process start and model loading not included)")
-            rounds = math.ceil(self.budget / self.parallel)
-            row("time per search", f"{_hours(self.seconds_per_search)} = {rounds} rounds "
-                                   f"(nomad.budget {self.budget} / launch.parallel {self.parallel}) "
-                                   f"= {self.seconds_per_search / 86400:.1f} days")
-        if self.mmlu_search is not None:
-            search = self.mmlu_search * self.budget
-            text = f"{self.mmlu_search:,} questions per evaluation x {self.budget} = {search:,}"
-            if self.mmlu_finalists:
-                full = self.mmlu_full * self.mmlu_finalists
-                share = f", {full / search:.0%} of the search's" if search else ""
-                text += f"; finalists {self.mmlu_finalists} x {self.mmlu_full:,} = {full:,} more{share}"
-            row("MMLU questions", text + " (objective.mmlu limits; time not estimated)")
-        elif self.mmlu_finalists:
-            row("MMLU questions", f"unknown (stock task); the {self.mmlu_finalists} finalists get mmlu.limit "
-                                  f"{self.mmlu_full_limit_text()} per subject after the search")
-        if self.adapter_bytes is not None:
-            each = (f"{self.adapter_bytes / GIB:.1f} GiB" if self.adapter_bytes >= GIB
-                    else f"{self.adapter_bytes / 2 ** 20:.1f} MiB")
-            row("adapter disk", f"{each} per adapter at rank {self.rank} ({self.weights_dtype}), "
-                                f"{self.disk_bytes / GIB:.1f} GiB for {self.adapters_on_disk} adapters (at most; "
-                                f"nomad.budget {self.budget}, train.keep_adapters {self.keep_adapters})")
-        if self.warnings:
-            lines.append("")
-            lines.extend(f"warning: {w}" for w in self.warnings)
-        return "\n".join(lines) + "\n"
-
-
-def _num(n: int) -> str:
-    if n >= 1e9:
-        return f"{n / 1e9:.2f}e9"
-    if n >= 1e6:
-        return f"{n / 1e6:.1f}M"
-    return f"{n:,}"
-
-
-def _hours(seconds: float) -> str:
-    text = f"{seconds / 3600:.1f} h"
-    return text if seconds >= 3600 else f"{text} ({seconds / 60:.1f} min)"
+        """What `python -m bbo plan` prints (bbo/plan_text.py)."""
+        return plan_text(self)
 
 
 def _largest(space, name: str):
@@ -551,7 +254,7 @@ def estimate(config, gpus: GpuSpec | None = None, *, quantization: str | None = 
 
         plan.memory, plan.memory_checkpointing = mem(gc=False), mem(gc=True)
         if gpus is not None:
-            plan.verdict, plan.advice = _verdict(plan, config, mem)
+            plan.verdict, plan.advice = memory_verdict(plan, config, mem)
         plan.adapter_bytes = plan.lora_params * dtype_bytes  # saved in the weights' dtype (core.model.save_adapter)
         kept = config.train.adapters_kept  # pruned after each evaluation: k kept + those not yet ranked
         plan.adapters_on_disk = config.nomad.budget if kept is None else min(config.nomad.budget,
@@ -564,65 +267,6 @@ def estimate(config, gpus: GpuSpec | None = None, *, quantization: str | None = 
     _time(plan, config, gpus, tokens_per_second, checkpointing)
     mmlu_cost(plan, config)
     return plan
-
-
-def _verdict(plan: Plan, config, mem) -> tuple[str, list[str]]:
-    usable = plan.usable_gib
-    train = config.train
-    without, with_gc = plan.memory["total"], plan.memory_checkpointing["total"]
-    advice = []
-    if without <= usable:
-        if plan.gradient_checkpointing:
-            advice.append(f"it fits without gradient checkpointing ({without:.1f} GiB): "
-                          f"train.gradient_checkpointing=false saves ~1/3 of the compute")
-        elif without > 0.9 * usable:
-            advice.append(f"tight: {without / usable:.0%} of the usable memory; train.gradient_checkpointing=true "
-                          f"would need {with_gc:.1f} GiB")
-        return "fits", advice
-    if with_gc <= usable:
-        verdict = "fits with gradient checkpointing"
-        if not plan.gradient_checkpointing:
-            advice.append(f"train.gradient_checkpointing=true ({with_gc:.1f} GiB; ~1/3 more compute per step)")
-    else:
-        verdict = "does not fit"
-    # a smaller batch per GPU, the same effective batch (without checkpointing first: no recompute)
-    batch = train.per_device_batch_size
-    options = (False,) if verdict != "does not fit" else (False, True)
-    found = False
-    for gc in options:
-        for smaller in (b for b in range(batch - 1, 0, -1) if batch % b == 0):
-            total = mem(batch=smaller, gc=gc)["total"]
-            if total <= usable:
-                how = " train.gradient_checkpointing=true" if gc else ""
-                accum = train.grad_accum * batch // smaller
-                advice.append(f"train.per_device_batch_size={smaller} train.grad_accum={accum}{how} "
-                              f"(same effective batch): {total:.1f} GiB")
-                found = True
-                break
-        if found:
-            break
-    if plan.quantization != "4bit":
-        q_without, q_gc = mem(quant="4bit")["total"], mem(quant="4bit", gc=True)["total"]
-        if q_gc <= usable:
-            how = "" if q_without <= usable else " train.gradient_checkpointing=true"
-            advice.append(f"model.quantization=4bit{how} (QLoRA base): {q_without:.1f} GiB without / "
-                          f"{q_gc:.1f} GiB with gradient checkpointing")
-    if verdict == "does not fit":
-        single = mem(ddp=False, gc=True)["total"]
-        if config.launch.num_processes > 1 and single <= usable:
-            advice.append(f"launch.num_processes=1 train.gradient_checkpointing=true: no DDP gradient buckets, "
-                          f"{single:.1f} GiB (one GPU per evaluation)")
-        fitting = [r for r in plan.ranks if r < plan.rank and mem(r=r, gc=True)["total"] <= usable]
-        if fitting:
-            advice.append(f"ranks up to {max(fitting)} fit with gradient checkpointing: drop the larger ones "
-                          f"from space.rank")
-    if verdict == "does not fit":
-        advice.append(f"a larger GPU: at least {math.ceil(with_gc / USABLE_FRACTION)} GiB with gradient "
-                      f"checkpointing, {math.ceil(without / USABLE_FRACTION)} GiB without")
-    else:
-        advice.append(f"without gradient checkpointing it needs a GPU of at least "
-                      f"{math.ceil(without / USABLE_FRACTION)} GiB")
-    return verdict, advice
 
 
 def _local_data(config) -> bool:
@@ -711,10 +355,10 @@ def _time(plan: Plan, config, gpus: GpuSpec | None, tokens_per_second: float | N
         if plan.params and not 0.5 <= plan.params / REFERENCE_PARAMS <= 2:
             if not 1 / 8 <= plan.params / REFERENCE_PARAMS <= 8:
                 plan.throughput_source = (f"give --tokens-per-second N (per GPU): the default figures are for "
-                                          f"a ~7B model, this one has {_num(plan.params)} parameters")
+                                          f"a ~7B model, this one has {num(plan.params)} parameters")
                 return
             tps *= REFERENCE_PARAMS / plan.params
-            source += f"; scaled by 6.74e9 / {_num(plan.params)} parameters (compute ~ parameters): a rough guess"
+            source += f"; scaled by 6.74e9 / {num(plan.params)} parameters (compute ~ parameters): a rough guess"
         if checkpointing:
             factor = CHECKPOINTING_COST
             source += "; training x 4/3 for gradient checkpointing"
