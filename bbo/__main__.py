@@ -14,12 +14,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 from core.config import ConfigError, load_config
 
@@ -49,89 +45,32 @@ def cmd_paramfile(args) -> int:
 
 
 def cmd_run(args) -> int:
-    """Check everything first, then run NOMAD in a child: a NOMAD crash becomes an error line."""
-    from bbo import paramfile
-    from core.nomadtext import CACHE_FILE, NOMAD_DIR, drop_failed, drop_points
-    from core.preflight import GPU_SLOTS_ENV, check_before_training
-    from core.procs import checkout_env, die_with_parent
+    """A NOMAD search (bbo.search.run_search), then what it ended with: the table, the best point, errors."""
+    from bbo.confirm import summary_text as confirm_text
+    from bbo.search import run_search
+    from bbo.summary import finalists_text, summary_text
 
-    config = load_config(args.experiment, args.overrides)
-    slots, warnings = check_before_training(config)  # nothing trains before these pass
-    if any(slots):  # on GPUs: the plan's memory verdict and timeout check, estimated (not a stop)
-        from bbo.plan import plan_warnings
-
-        warnings += plan_warnings(config)
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    paramfile.write(load_config(args.experiment))  # the generated file follows experiment.yaml
-    nomad_dir = config.dir / NOMAD_DIR  # NOMAD writes its temporary point files in its working folder
-    nomad_dir.mkdir(exist_ok=True)
-    if args.retry_failed:
-        dropped = drop_failed(config.dir / CACHE_FILE)
-        print(f"retrying failed points: {dropped} removed from NOMAD's cache; their run folders are trained again",
-              file=sys.stderr)
-    if args.retry_pruned:
-        from bbo.results import load_runs
-
-        runs = load_runs(config.dir, args.overrides)
-        pruned = runs[runs["status"].eq("pruned")]
-        xcols = [f"x_{name}" for name in config.space.names()]
-        dropped = drop_points(config.dir / CACHE_FILE, pruned[xcols].astype(float).values.tolist())
-        print(f"retrying pruned points: {dropped} removed from NOMAD's cache; they are trained again under the "
-              f"pruning rule of now", file=sys.stderr)
-    search = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    # The overrides travel in the environment: NOMAD's child and every blackbox it starts read them.
-    env = checkout_env(BBO_OVERRIDES=json.dumps(list(args.overrides)), BBO_DRIVER_PID=str(os.getpid()),
-                       BBO_SEARCH_ID=search, BBO_RETRY_FAILED="1" if args.retry_failed else "0",
-                       BBO_RETRY_PRUNED="1" if args.retry_pruned else "0",
-                       **{GPU_SLOTS_ENV: json.dumps(slots)})  # checked above: the blackboxes need not import torch
-    cmd = [sys.executable, "-m", "bbo.nomad", "--experiment", str(config.dir), "--resume"]
-    where = ", ".join("+".join(s) if s else "CPU" for s in slots) if slots[0] is not None else "CPU"
-    if config.launch.executor == "slurm":
-        where = f"Slurm (one job per evaluation, partition {config.slurm.partition or 'default'})"
-    print(f"NOMAD search: {config.name}, budget {config.nomad.budget}, "
-          f"{config.space.dimension} variables ({' '.join(config.space.names())}); "
-          f"{config.launch.parallel} at a time on {where}; runs in {config.dir / 'runs'}", flush=True)
-    # NOMAD (and the blackboxes it starts) in a process group of its own, so that stopping the search
-    # stops all of it; it dies with us too.
-    proc = subprocess.Popen(cmd, env=env, cwd=str(nomad_dir), preexec_fn=die_with_parent, start_new_session=True,
-                            stdout=subprocess.PIPE, text=True, bufsize=1)
-    stopped = _stop_when_failing(proc, config.dir, search)
     try:
-        for line in proc.stdout:  # NOMAD's display, less a line that misleads here
-            if "increase the buffer size" not in line:
-                print(line, end="", flush=True)
-        rc = proc.wait()
+        result = run_search(args.experiment, args.overrides, retry_failed=args.retry_failed,
+                            retry_pruned=args.retry_pruned)
     except KeyboardInterrupt:
-        _signal_group(proc, signal.SIGINT)
-        rc = proc.wait()
         print("interrupted: finished evaluations are kept; run the same command to continue", file=sys.stderr)
         return 130
-    from core.failures import read_stop
+    if result.finished:
+        print(summary_text(result.table, result.config))
+    if result.error:
+        print(f"error: {result.error}", file=sys.stderr)
+    if result.finalists_measured:
+        print(finalists_text(result.table, result.config.objective.finalists))
+    if result.confirmed:
+        print(confirm_text(result.table))
+        if result.exit_code:
+            print(_CONFIRM_ERRORS.get(result.exit_code, _CONFIRM_ERRORS[None]), file=sys.stderr)
+    return result.exit_code
 
-    stop = stopped[0] if stopped else read_stop(config.dir, search)  # NOMAD may finish before the watcher looks
-    if stop:  # the blackbox wrote the stop file: its first trainings all failed the same way
-        print(f"error: search stopped: {stop['message']}\nfix: {stop['fix']}\n"
-              f"nothing more was trained; after the fix: python -m bbo run {args.experiment} --retry-failed",
-              file=sys.stderr)
-        return 1
-    if rc < 0:
-        print(f"error: NOMAD died with signal {signal.Signals(-rc).name}; finished evaluations are kept in "
-              f"{config.dir / 'runs'}; run the same command to continue", file=sys.stderr)
-        return 1
-    if rc != 0:
-        print(f"error: NOMAD exited with code {rc}", file=sys.stderr)
-        return rc
-    from bbo.results import load_runs
-    from bbo.summary import summary_text
 
-    print(summary_text(load_runs(config.dir, args.overrides), config))
-    rc = _no_success_error(config, search)
-    if rc == 0 and config.objective.finalists:  # the k best on the full MMLU (their kept adapters)
-        rc = _finalists(config, args.overrides, env)
-    if rc == 0 and config.confirm.top:  # the finalists again with other seeds: is the winner real?
-        rc = _confirm(config, args.overrides, config.confirm.top, config.confirm.seeds, env)
-    return rc
+_CONFIRM_ERRORS = {1: "error: every confirmation run of a seed failed: see `python -m bbo results`",
+                   None: "error: the confirmation runs could not start (see the error above)"}
 
 
 def _confirm(config, overrides, top: int, seeds: int, env: dict) -> int:
@@ -144,21 +83,19 @@ def _confirm(config, overrides, top: int, seeds: int, env: dict) -> int:
         print("interrupted: finished confirmation runs are kept; run the same command to continue", file=sys.stderr)
         return 130
     print(summary_text(load_runs(config.dir, overrides)))
-    if rc == 1:
-        print("error: every confirmation run of a seed failed: see `python -m bbo results`", file=sys.stderr)
-    elif rc:
-        print("error: the confirmation runs could not start (see the error above)", file=sys.stderr)
+    if rc:
+        print(_CONFIRM_ERRORS.get(rc, _CONFIRM_ERRORS[None]), file=sys.stderr)
     return rc
 
 
 def _finalists(config, overrides, env: dict) -> int:
     """objective.finalists: `python -m blackbox.finalists` (through the executor, no retraining), then their table."""
     from bbo.results import load_runs
+    from bbo.search import measure_finalists
     from bbo.summary import finalists_text
 
-    cmd = [sys.executable, "-m", "blackbox.finalists", str(config.dir)]
     try:
-        rc = subprocess.run(cmd, env=dict(env, BBO_OVERRIDES=json.dumps(list(overrides)))).returncode
+        rc = measure_finalists(config, overrides, env)
     except KeyboardInterrupt:
         print("interrupted: measured finalists are kept; run `python -m bbo finalists` to continue", file=sys.stderr)
         return 130
@@ -187,68 +124,6 @@ def cmd_confirm(args) -> int:
         raise ConfigError("confirm: --top and --seeds must be >= 1")
     env = checkout_env(BBO_DRIVER_PID=str(os.getpid()))
     return _confirm(config, args.overrides, top, seeds, env)
-
-
-def _stop_when_failing(proc, experiment_dir, search: str) -> list[dict]:
-    """Watch for the stop file of this search and end NOMAD's process group when it appears.
-
-    NOMAD runs in C++ and holds Python's GIL, so it cannot watch for itself. Returns a list that
-    holds the stop record once the search was stopped.
-    """
-    import threading
-
-    from core.failures import read_stop
-
-    stopped = []
-
-    def watch():
-        while proc.poll() is None:
-            stop = read_stop(experiment_dir, search)
-            if stop is not None:
-                stopped.append(stop)
-                _signal_group(proc, signal.SIGTERM)
-                return
-            time.sleep(0.5)
-
-    threading.Thread(target=watch, daemon=True).start()
-    return stopped
-
-
-def _signal_group(proc, sig) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _no_success_error(config, search: str) -> int:
-    """A search in which no evaluation succeeded is an error, with the failure kind and its fix."""
-    from collections import Counter
-
-    from core.failures import fix_for
-    from core.store import RunStore, State
-
-    every = RunStore(config.dir).evaluations()
-    answers = [e for e in every if e.get("search") == search]
-    if any(e.get("state") == State.OK for e in answers):
-        return 0
-    if not answers:  # NOMAD asked nothing: the budget is spent, or its cache answered everything
-        if any(e.get("state") == State.OK for e in every):
-            return 0
-        failed = [e for e in every if e.get("state") == State.FAILED]
-        if not failed:
-            print("error: this search evaluated nothing and no evaluation has succeeded yet", file=sys.stderr)
-            return 1
-        answers = failed
-        intro = f"no evaluation has succeeded yet; NOMAD answered this search from its cache of {len(failed)} failed"
-    else:
-        intro = f"no evaluation of this search succeeded ({len(answers)} failed"
-        cached = sum(1 for e in answers if e.get("cached"))
-        if cached:
-            intro += f"; {cached} answered from earlier failed runs"
-    kind, n = Counter(e.get("error_kind") or "unknown" for e in answers).most_common(1)[0]
-    print(f"error: {intro}, {n} with {kind}); fix: {fix_for(kind)}", file=sys.stderr)
-    return 1
 
 
 def cmd_plan(args) -> int:
