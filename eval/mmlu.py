@@ -25,7 +25,7 @@ Both return {"mmlu": acc, "mmlu_stderr", "mmlu_subjects": {subject: acc},
 examples (subjects weighted by size), as lm-eval's stock group reports it.
 The blackbox runs it as a child process after training (blackbox/evaluate.py), so lm-eval's
 memory goes when it ends. lm-eval and torch are imported inside the functions: `--help` and
-the checks stay light. The options' rules are core/config.py's MmluConfig.
+the checks stay light. The options' rules are core/objective.py's MmluConfig.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from core.config import MMLU_TASKS, MmluConfig
+from core.objective import MMLU_TASKS, MmluConfig
 from core.model import (add_loading_arguments, cast_lora, half_dtype, load_adapter, load_model, load_tokenizer,
                         resolve_device, resolve_dtype)
 

@@ -16,7 +16,7 @@ and keeps ASCII letters and digits only), averaged over the pairs.
 Returns {"rouge1", "rouge2", "rougeL", "rougeLsum": mean F-measure in [0, 1], "rouge_n": pairs
 scored, "generation": the settings, "rouge_score_version"}. The blackbox runs it as a child
 after training (blackbox/work.py), on the first GPU of the evaluation (one process). The
-options' rules are core/config.py's GenerationConfig; torch is imported inside the functions.
+options' rules are core/objective.py's GenerationConfig; torch is imported inside the functions.
 """
 from __future__ import annotations
 
