@@ -24,7 +24,7 @@ import pandas as pd
 
 from bbo.results import load_runs
 from core.config import ExperimentConfig, confirm_seeds
-from core.nomadtext import NOMAD_DIR
+from core.nomadtext import NOMAD_DIR, point_file
 from core.store import State
 
 # Two-sided 95% quantiles of Student's t, by degrees of freedom (more than 30: the normal's 1.96).
@@ -51,16 +51,16 @@ def run_confirm(config: ExperimentConfig, overrides: list[str], top: int, seeds:
     if chosen.empty:
         print("confirm: no successful evaluation to confirm", file=sys.stderr)
         return 1
-    lines = [line for line in (_point_line(config, row) for _, row in chosen.iterrows()) if line]
+    points = [point for point in (_point(config, row) for _, row in chosen.iterrows()) if point]
     seed_list = confirm_seeds(config.train.seed, seeds)
-    print(f"confirm: the {len(lines)} best points again with seeds {', '.join(map(str, seed_list))} "
+    print(f"confirm: the {len(points)} best points again with seeds {', '.join(map(str, seed_list))} "
           f"(train.seed {config.train.seed} was the search's)", flush=True)
     env = dict(env, BBO_OVERRIDES=json.dumps(list(overrides)))
     env.setdefault("BBO_SEARCH_ID", f"confirm-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     worst = 0
     with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=config.dir / NOMAD_DIR, prefix=".confirm-",
                                      delete=False) as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(point_file(points))
     try:
         for seed in seed_list:
             proc = subprocess.run([sys.executable, "-m", "blackbox", "--experiment", str(config.dir), f.name,
@@ -71,15 +71,15 @@ def run_confirm(config: ExperimentConfig, overrides: list[str], top: int, seeds:
     return worst
 
 
-def _point_line(config: ExperimentConfig, row: pd.Series) -> str | None:
-    """The finalist's NOMAD point as a point file line: the stored coordinates (they decode to exactly
+def _point(config: ExperimentConfig, row: pd.Series) -> list | None:
+    """The finalist's NOMAD point, for the point file: the stored coordinates (they decode to exactly
     its hyperparameters, hence its run id), else the space's encoding of a hand-given point."""
     names = [f"x_{n}" for n in config.space.names()]
     if all(n in row and pd.notna(row[n]) for n in names):
         coords = [row[n] for n in names]
     else:
         coords = config.space.encode({k: row[k] for k in ("rank", "alpha", "dropout", "lr")})
-    return " ".join(repr(float(x)) if isinstance(x, float) else str(x) for x in coords) if coords else None
+    return list(coords) if coords else None
 
 
 def finalist_stats(df: pd.DataFrame) -> pd.DataFrame:

@@ -35,7 +35,8 @@ from pathlib import Path
 from bbo.paramfile import check, render, write_start_points
 from core.config import ConfigError, env_overrides, load_config
 from core.failures import read_stop
-from core.nomadtext import FAILED, KEEP_FILE, NOMAD_DIR, X0_PREFIX, number, param_lines, parse_params, read_cache, tokens
+from core.nomadtext import (FAILED, KEEP_FILE, NOMAD_DIR, X0_PREFIX, number, param_line, param_lines, parse_params,
+                            point_file, read_cache, tokens)
 from core.space import latin_hypercube
 
 MAX_RESTARTS = 50
@@ -58,8 +59,9 @@ def prepare_lines(text: str, folder: Path, resume: bool = False, where: str = "p
         budget = int(entries["MAX_BB_EVAL"][-1]) - counted(folder, lines, count_failed)
         if budget <= 0:
             return None
-        lines = [line for line in lines if line.split()[0].upper() != "MAX_BB_EVAL"] + [f"MAX_BB_EVAL {budget}"]
-    return lines + [f"PROBLEM_DIR {folder}/"]
+        lines = [line for line in lines if line.split()[0].upper() != "MAX_BB_EVAL"]
+        lines.append(param_line("MAX_BB_EVAL", budget))
+    return lines + [param_line("PROBLEM_DIR", f"{folder}/")]
 
 
 def _absolute_x0(line, folder: Path, where: str) -> str:
@@ -75,7 +77,7 @@ def _absolute_x0(line, folder: Path, where: str) -> str:
     path = folder / line.value.split()[0]
     if not path.is_file():
         raise ConfigError(f"{where}:{line.number}: X0 file {line.value.split()[0]} not found in {folder}")
-    return f"X0 {path.resolve()}"
+    return param_line("X0", path.resolve())
 
 
 def counted(folder: Path, lines: list[str], count_failed: bool) -> int | None:
@@ -117,16 +119,17 @@ def restart_lines(lines: list[str], folder: Path, spent: int, restart: int, fres
     kept = [line.text for line in param_lines("\n".join(lines)) if line.keyword not in
             ("X0", "SEED", "MAX_BB_EVAL", "LH_SEARCH", "PROBLEM_DIR", "HISTORY_FILE", "ADD_SEED_TO_FILE_NAMES")]
     if "HISTORY_FILE" in entries:  # its own file, appended to the first start's (whose name may carry its seed)
-        kept.append(f"HISTORY_FILE {history_name(entries)}{RESTART_SUFFIX}")
+        kept.append(param_line("HISTORY_FILE", f"{history_name(entries)}{RESTART_SUFFIX}"))
     box = _box(entries, dimension)
     if box is None:  # bounds NOMAD's way (infinite, `*`): NOMAD's own LH points, the same whatever the SEED
-        start = [f"X0 ( {' '.join(str(v) for v in best)} )", f"LH_SEARCH {new_points} 0"]
+        start = [param_line("X0", best), param_line("LH_SEARCH", new_points, 0)]
     else:  # the best point, then LH points drawn with this start's seed (core.space.latin_hypercube)
         drawn = latin_hypercube(*box, new_points, seed, draws=64 if new_points <= 20 else 1)
         x0_file = (folder / entries["CACHE_FILE"][-1].split()[0]).parent / RESTART_X0
-        x0_file.write_text("".join(" ".join(str(v) for v in p) + "\n" for p in [best] + [p for p in drawn if p != best]))
-        start = [f"X0 {x0_file.resolve()}"]
-    return kept + ["ADD_SEED_TO_FILE_NAMES no", *start, f"SEED {seed}", f"MAX_BB_EVAL {left}"] + \
+        x0_file.write_text(point_file([best] + [p for p in drawn if p != best]))
+        start = [param_line("X0", x0_file.resolve())]
+    return kept + [param_line("ADD_SEED_TO_FILE_NAMES", "no"), *start, param_line("SEED", seed),
+                   param_line("MAX_BB_EVAL", left)] + \
         [line for line in lines if line.startswith("PROBLEM_DIR")]
 
 
@@ -134,7 +137,8 @@ def _box(entries: dict, dimension: int) -> tuple[list, list, list] | None:
     """(lower, upper, input types) from finite bounds written in full; None otherwise."""
     lower = [number(t) for t in tokens(entries.get("LOWER_BOUND", [""])[-1])]
     upper = [number(t) for t in tokens(entries.get("UPPER_BOUND", [""])[-1])]
-    types = [t.upper() for t in tokens(entries.get("BB_INPUT_TYPE", ["( " + "R " * dimension + ")"])[-1])]
+    types = ([t.upper() for t in tokens(entries["BB_INPUT_TYPE"][-1])] if "BB_INPUT_TYPE" in entries
+             else ["R"] * dimension)
     types = ["I" if t == "B" else t for t in types]
     if not (len(lower) == len(upper) == len(types) == dimension) or not set(types) <= {"R", "I"}:
         return None

@@ -6,7 +6,8 @@ param.txt uses standard NOMAD 4.5 keywords only, so a real `nomad param.txt`
 runs it too. BB_EXE is the experiment's own bb.sh (no `$`: NOMAD resolves it
 against the parameter file's folder), which starts `python -m blackbox` for this
 experiment. NOMAD's cache, history and solution files go to <experiment>/nomad/, which exists from the start
-(committed with a .gitkeep): NOMAD does not make folders. Reading NOMAD's text is core/nomadtext.py's job.
+(committed with a .gitkeep): NOMAD does not make folders. Writing and reading NOMAD's text (the parameter
+lines, the X0 file's points) is core/nomadtext.py's job; this module says what goes into them.
 """
 from __future__ import annotations
 
@@ -15,55 +16,26 @@ import os
 from pathlib import Path
 
 from core.config import ConfigError, ExperimentConfig
-from core.nomadtext import CACHE_FILE, HISTORY_FILE, KEEP_FILE, NOMAD_DIR, SOLUTION_FILE, X0_PREFIX, parse_params
-
-
-def _vector(values) -> str:
-    return "( " + " ".join(_number(v) for v in values) + " )"
-
-
-def _number(v) -> str:
-    if isinstance(v, str):
-        return v
-    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
+from core.nomadtext import KEEP_FILE, NOMAD_DIR, X0_PREFIX, normalize_value, parse_params, point_file, render_params
 
 
 def render(config: ExperimentConfig) -> str:
     space = config.space
-    outputs = ["OBJ"] + ["EXTRA_O"] * len(config.objective.extra_outputs)
+    found = start_points(config)
     decoded = ", ".join(f"{v.name} {v.kind}" for v in space.searched)
     lines = [
         f"# NOMAD parameter file of experiment {config.name!r}, generated from experiment.yaml by",
         f"#   python -m bbo paramfile {_display_dir(config)}",
         "# Edit experiment.yaml (nomad.extra_lines for more NOMAD options), not this file.",
         f"# Variables: {decoded}; outputs: {' '.join(config.objective.outputs)}",
-        f"DIMENSION {space.dimension}",
-        f"BB_INPUT_TYPE ( {' '.join(space.input_types)} )",
-        f"BB_OUTPUT_TYPE {' '.join(outputs)}",
-        f"X0 {start_points(config)[0]}" if config.nomad.start_points else f"X0 {_vector(space.x0)}",
-        f"LOWER_BOUND {_vector(space.lower)}",
-        f"UPPER_BOUND {_vector(space.upper)}",
-        f"MAX_BB_EVAL {config.nomad.budget}",
-        f"SEED {config.nomad.seed}",
-        "BB_EXE bb.sh",
     ]
-    if config.launch.parallel > 1:
-        lines.append(f"BB_MAX_BLOCK_SIZE {config.launch.parallel}")
-        # search and poll points in one block, so the block fills (benchmarks/parallelism.py: 2-4x fewer rounds)
-        lines.append("MEGA_SEARCH_POLL yes")
-    if config.nomad.lh_search:
-        lines.append(f"LH_SEARCH {config.nomad.lh_search[0]} {config.nomad.lh_search[1]}")
-    if config.nomad.initial_frame:
-        lines.append(f"INITIAL_FRAME_SIZE {_vector(initial_frame(space, config.nomad.initial_frame))}")
-    lines += [
-        f"CACHE_FILE {CACHE_FILE}",
-        f"HISTORY_FILE {HISTORY_FILE}",
-        f"SOLUTION_FILE {SOLUTION_FILE}",
-        "ADD_SEED_TO_FILE_NAMES no",
-        "DISPLAY_DEGREE 2",
-        "DISPLAY_STATS BBE ( SOL ) OBJ",
-    ]
-    lines += list(config.nomad.extra_lines)
+    lines += render_params(
+        input_types=space.input_types, extra_outputs=len(config.objective.extra_outputs),
+        x0=found[0] if found is not None else space.x0, lower=space.lower, upper=space.upper,
+        budget=config.nomad.budget, seed=config.nomad.seed, bb_exe="bb.sh", block_size=config.launch.parallel,
+        lh_search=config.nomad.lh_search,
+        initial_frame=initial_frame(space, config.nomad.initial_frame) if config.nomad.initial_frame else None,
+        extra_lines=config.nomad.extra_lines)
     return "\n".join(lines) + "\n"
 
 
@@ -83,7 +55,7 @@ def start_points(config: ExperimentConfig) -> tuple[str, str] | None:
     if not config.nomad.start_points:
         return None
     points = config.space.start_design(config.nomad.start_points, config.nomad.seed)
-    text = "".join(" ".join(_number(v) for v in point) + "\n" for point in points)
+    text = point_file(points)
     return f"{NOMAD_DIR}/{X0_PREFIX}{hashlib.sha256(text.encode()).hexdigest()[:8]}.txt", text
 
 
@@ -150,4 +122,4 @@ def check(config: ExperimentConfig, path: Path | None = None) -> None:
 def _normalize(values):
     if values is None:
         return None
-    return [" ".join(v.replace("(", " ( ").replace(")", " ) ").split()) for v in values]
+    return [normalize_value(v) for v in values]

@@ -127,7 +127,7 @@ def nomad_lines(space: dict, budget: int, seed: int, variant: dict, folder: Path
     launch.parallel (BB_MAX_BLOCK_SIZE and what goes with it); nomad.start_points' X0 file goes to folder."""
     from bbo.paramfile import render, start_points
     from core.config import from_dict
-    from core.nomadtext import param_lines
+    from core.nomadtext import param_line, param_lines
 
     raw = {"name": "bench", "model": {"path": "unused"}, "data": {"sources": [{"path": "unused.jsonl"}]},
            "objective": {"metric": "val_loss", "extra_outputs": []}, "space": space, "launch": {"parallel": parallel},
@@ -137,8 +137,8 @@ def nomad_lines(space: dict, budget: int, seed: int, variant: dict, folder: Path
     found = start_points(config)
     if found is not None:  # the driver hands NOMAD the file's absolute path (bbo.nomad.prepare_lines)
         (folder / "x0.txt").write_text(found[1])
-        lines = [f"X0 {folder / 'x0.txt'}" if line.startswith("X0 ") else line for line in lines]
-    return lines + ["DISPLAY_DEGREE 0", f"CACHE_FILE {folder}/cache.txt"]
+        lines = [param_line("X0", folder / "x0.txt") if line.startswith("X0 ") else line for line in lines]
+    return lines + [param_line("DISPLAY_DEGREE", 0), param_line("CACHE_FILE", f"{folder}/cache.txt")]
 
 
 def _nomad_child(name: str, variant: dict, seed: int, budget: int, conn, noise: float | None = None,

@@ -5,11 +5,14 @@
     experiments/<name>/nomad/history.txt  x1 x2 out1 out2                      one line per evaluation
     a point file (NOMAD -> blackbox)      x1 x2 ...  (or ( x1 x2 ... ))       one line per point
 
-bbo/paramfile.py writes parameter files; NOMAD writes the rest. Readers of any of them
-(resume, --retry-failed, the results tables, the blackbox, the benchmarks) use this module.
+The text this project writes for NOMAD is formatted here only: parameter lines (param.txt through
+bbo/paramfile.py, the driver's lines in bbo/nomad.py, the benchmarks' lines), point files (X0 files, the
+points `bbo confirm` hands the blackbox). NOMAD writes the rest. Readers of any of them (resume,
+--retry-failed, the results tables, the blackbox, the benchmarks) use this module too.
 """
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import NamedTuple
 
@@ -100,7 +103,80 @@ def number(text: str):
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
+# ---------------------------------------------------------------- writing parameter lines
+
+def format_number(value) -> str:
+    """One value as written for NOMAD: an integral number without ".0" (8, not 8.0), another number as
+    Python's shortest repr (0.05, 1e-05, -4.5), anything else (a word, a path) as its text."""
+    if not isinstance(value, numbers.Number):
+        return str(value)
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
+
+
+def vector(values) -> str:
+    """NOMAD's vector: ( v1 v2 ... )."""
+    return "( " + " ".join(format_number(v) for v in values) + " )"
+
+
+def param_line(keyword: str, *values) -> str:
+    """KEYWORD value ...; a list or tuple value as a vector: param_line("X0", [2, 8, 1]) -> "X0 ( 2 8 1 )"."""
+    return " ".join([keyword, *(vector(v) if isinstance(v, (list, tuple)) else format_number(v) for v in values)])
+
+
+def render_params(*, input_types, extra_outputs: int, x0, lower, upper, budget: int, seed: int, bb_exe: str,
+                  block_size: int = 1, lh_search=None, initial_frame=None, extra_lines=()) -> list[str]:
+    """The parameter lines of a search (param.txt without its comments), standard NOMAD 4.5 keywords only.
+
+    x0: a point (a vector) or the name of an X0 file; block_size > 1: BB_MAX_BLOCK_SIZE and MEGA_SEARCH_POLL;
+    lh_search: (initial, per iteration) or None; initial_frame: INITIAL_FRAME_SIZE's vector or None. NOMAD's
+    files go to NOMAD_DIR; extra_lines (nomad.extra_lines) come last, as written.
+    """
+    lines = [
+        param_line("DIMENSION", len(input_types)),
+        param_line("BB_INPUT_TYPE", list(input_types)),
+        param_line("BB_OUTPUT_TYPE", "OBJ", *["EXTRA_O"] * extra_outputs),
+        param_line("X0", x0 if isinstance(x0, (str, Path)) else list(x0)),
+        param_line("LOWER_BOUND", list(lower)),
+        param_line("UPPER_BOUND", list(upper)),
+        param_line("MAX_BB_EVAL", budget),
+        param_line("SEED", seed),
+        param_line("BB_EXE", bb_exe),
+    ]
+    if block_size > 1:
+        lines.append(param_line("BB_MAX_BLOCK_SIZE", block_size))
+        # search and poll points in one block, so the block fills (benchmarks/parallelism.py: 2-4x fewer rounds)
+        lines.append(param_line("MEGA_SEARCH_POLL", "yes"))
+    if lh_search:
+        lines.append(param_line("LH_SEARCH", *lh_search))
+    if initial_frame:
+        lines.append(param_line("INITIAL_FRAME_SIZE", list(initial_frame)))
+    lines += [
+        param_line("CACHE_FILE", CACHE_FILE),
+        param_line("HISTORY_FILE", HISTORY_FILE),
+        param_line("SOLUTION_FILE", SOLUTION_FILE),
+        param_line("ADD_SEED_TO_FILE_NAMES", "no"),
+        param_line("DISPLAY_DEGREE", 2),
+        param_line("DISPLAY_STATS", "BBE", ["SOL"], "OBJ"),
+    ]
+    return lines + list(extra_lines)
+
+
+def normalize_value(value: str) -> str:
+    """A value's text with NOMAD's spacing, to compare two files' values: "(2 8  1)" -> "( 2 8 1 )"."""
+    return " ".join(value.replace("(", " ( ").replace(")", " ) ").split())
+
+
 # ---------------------------------------------------------------- point files
+
+def point_line(point) -> str:
+    """One point of a point file or an X0 file: v1 v2 ... (format_number, no parentheses)."""
+    return " ".join(format_number(v) for v in point)
+
+
+def point_file(points) -> str:
+    """The text of a point file or an X0 file: one point a line."""
+    return "".join(point_line(p) + "\n" for p in points)
+
 
 def point_lines(text: str) -> list[list[str]]:
     """The points of a point file, one token list per non-empty line (validation is the space's)."""

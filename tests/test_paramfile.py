@@ -5,7 +5,7 @@ import pytest
 
 from bbo import paramfile
 from core.config import ConfigError, load_config
-from core.nomadtext import parse_params
+from core.nomadtext import format_number, parse_params
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,7 +85,7 @@ def test_start_points_go_to_an_x0_file_that_must_match_the_config(tmp_path):
     name = paramfile.start_points(config)[0]
     assert name.startswith("nomad/x0-") and f"X0 {name}" in (tmp_path / "demo" / "param.txt").read_text()
     lines = (tmp_path / "demo" / name).read_text().splitlines()
-    assert [line.split() for line in lines] == [[paramfile._number(v) for v in p] for p in
+    assert [line.split() for line in lines] == [[format_number(v) for v in p] for p in
                                                 config.space.start_design(4, config.nomad.seed)]
     paramfile.check(config)
     other = paramfile.start_points(load_config(tmp_path / "demo", ["nomad.start_points=4", "nomad.seed=1"]))[0]
@@ -99,3 +99,20 @@ def test_start_points_go_to_an_x0_file_that_must_match_the_config(tmp_path):
         paramfile.check(config)
     with pytest.raises(ConfigError, match="must be an integer >= 0"):
         load_config(tmp_path / "demo", ["nomad.start_points=-1"])
+
+
+def test_nomad_text_is_written_by_core_nomadtext_and_reads_back():
+    from core.nomadtext import param_line, point_file, point_lines, render_params, vector
+
+    assert format_number(8) == format_number(8.0) == "8" and format_number(1e-5) == "1e-05"
+    assert format_number("bb.sh") == "bb.sh" and format_number(Path("/x/x0.txt")) == "/x/x0.txt"
+    assert vector([1, 8.0, -4.5]) == "( 1 8 -4.5 )"
+    assert param_line("X0", [2, 8, 1]) == "X0 ( 2 8 1 )" and param_line("LH_SEARCH", 5, 0) == "LH_SEARCH 5 0"
+    assert param_line("DISPLAY_STATS", "BBE", ["SOL"], "OBJ") == "DISPLAY_STATS BBE ( SOL ) OBJ"
+    points = [[2, 8, 1], [3, 16.0, 0.05]]
+    assert point_file(points) == "2 8 1\n3 16 0.05\n" and point_lines(point_file(points))[1] == ["3", "16", "0.05"]
+    lines = render_params(input_types=["I", "R"], extra_outputs=1, x0=[1, -4], lower=[1, -6], upper=[5, -3],
+                          budget=9, seed=2, bb_exe="bb.sh", block_size=2, extra_lines=["NM_SEARCH no"])
+    entries = parse_params("\n".join(lines))  # standard keywords only (strict)
+    assert entries["BB_OUTPUT_TYPE"] == ["OBJ EXTRA_O"] and entries["BB_MAX_BLOCK_SIZE"] == ["2"]
+    assert entries["X0"] == ["( 1 -4 )"] and lines[-1] == "NM_SEARCH no"
