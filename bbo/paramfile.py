@@ -108,7 +108,7 @@ def check(config: ExperimentConfig, path: Path | None = None) -> None:
     found = parse_params(path.read_text(), str(path))
     expected = parse_params(render(config))
     for keyword in sorted(set(found) | set(expected)):
-        if _normalize(found.get(keyword)) != _normalize(expected.get(keyword)):
+        if normalize_values(found.get(keyword)) != normalize_values(expected.get(keyword)):
             raise ConfigError(f"{path}: {keyword} is {found.get(keyword)} but experiment.yaml gives "
                               f"{expected.get(keyword)}; regenerate with `python -m bbo paramfile {config.dir}`")
     found = start_points(config)
@@ -119,7 +119,8 @@ def check(config: ExperimentConfig, path: Path | None = None) -> None:
                           f"regenerate with `python -m bbo paramfile {config.dir}`")
 
 
-def _normalize(values):
+def normalize_values(values):
+    """A keyword's values as check compares them (NOMAD's vectors with their spacing made one)."""
     if values is None:
         return None
     return [normalize_value(v) for v in values]

@@ -57,14 +57,15 @@ def evaluate_mmlu(model_path: str, adapter_path: str | None, *, task: str = "mml
     `limit` caps the examples per subject. ValueError for bad arguments or data.
     None on the other processes of a data-parallel run (only the main one gets the result).
     """
-    summary, _ = _evaluate(model_path, adapter_path, task=task, data_dir=data_dir, num_fewshot=num_fewshot,
+    summary, _ = evaluate_with_samples(model_path, adapter_path, task=task, data_dir=data_dir, num_fewshot=num_fewshot,
                            limit=limit, batch_size=batch_size, dtype=dtype, device=device, quantization=quantization,
                            trust_remote_code=trust_remote_code, work_dir=work_dir, log_samples=False)
     return summary
 
 
-def _evaluate(model_path, adapter_path, *, task, data_dir, num_fewshot, limit, batch_size, dtype, device,
-              trust_remote_code, work_dir, log_samples, quantization=None) -> tuple[dict | None, dict | None]:
+def evaluate_with_samples(model_path, adapter_path, *, task, data_dir, num_fewshot, limit, batch_size, dtype,
+                          device, trust_remote_code, work_dir, log_samples,
+                          quantization=None) -> tuple[dict | None, dict | None]:
     """(summary, raw lm-eval results); tests use log_samples=True to see per-example log-likelihoods."""
     MmluConfig(task=task, data_dir=data_dir, num_fewshot=num_fewshot, limit=limit,
                batch_size=batch_size).check_values()  # the config's rules, as ValueError

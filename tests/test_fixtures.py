@@ -225,6 +225,6 @@ def test_stale_folder_is_replaced(tmp_path):
     (out / "leftover.txt").write_text("old")
     fresh.mkdir()
     (fresh / "STAMP").write_text(fixtures.stamp())
-    fixtures._move_into_place(fresh, out)
+    fixtures.move_into_place(fresh, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
     assert sorted(p.name for p in out.iterdir()) == ["STAMP"]

@@ -26,7 +26,7 @@ def _run(assets, adapter=None, **kw):
     args = dict(task="mmlu_local", data_dir=assets["mmlu"], num_fewshot=2, limit=3, batch_size=8, dtype="float32",
                 device="cpu", trust_remote_code=False, work_dir=None, log_samples=True)
     args.update(kw)
-    return mmlu._evaluate(assets["model"], adapter, **args)
+    return mmlu.evaluate_with_samples(assets["model"], adapter, **args)
 
 
 @pytest.fixture(scope="module")

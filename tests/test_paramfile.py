@@ -23,11 +23,11 @@ def test_bbo3_param_file_says_what_the_original_said():
     original = parse_params((REPO / "tests" / "data" / "original-bbo3" / "param.txt").read_text()
                                .replace("NB_THREADS_OPENMP 1", ""))
     x0_file = REPO / "experiments" / "llama2-7b-bbo3" / entries["X0"][0]  # nomad.start_points: X0 comes first
-    assert paramfile._normalize(original["X0"]) == ["( 2 8 1 )"] and x0_file.read_text().splitlines()[0] == "2 8 1"
+    assert paramfile.normalize_values(original["X0"]) == ["( 2 8 1 )"] and x0_file.read_text().splitlines()[0] == "2 8 1"
     assert entries["UPPER_BOUND"] == ["( 5 64 5 )"]
     assert entries["BB_OUTPUT_TYPE"] == ["OBJ EXTRA_O EXTRA_O EXTRA_O"]
     for key in ("DIMENSION", "BB_INPUT_TYPE", "MAX_BB_EVAL"):
-        assert paramfile._normalize(entries[key]) == paramfile._normalize(original[key])
+        assert paramfile.normalize_values(entries[key]) == paramfile.normalize_values(original[key])
 
 
 def test_drift_and_bad_keywords_are_errors(tmp_path):
