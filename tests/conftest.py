@@ -7,6 +7,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -63,3 +65,48 @@ def run_env():
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+# ---------------------------------------------------------------- the commands, as a user runs them
+
+def run_module(*args, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`python -m <args>` (paths may be Path objects), output captured as text; env: variables added to
+    this process's environment."""
+    return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+
+
+def blackbox(experiment, *args, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m blackbox --experiment <experiment> <args>`: one point (or a point file), as NOMAD calls it."""
+    return run_module("blackbox", "--experiment", experiment, *args, env=env, timeout=timeout)
+
+
+def run_dirs(experiment: Path) -> list[Path]:
+    """The run folders of an experiment (not _incomplete/ or other bookkeeping folders)."""
+    runs = experiment / "runs"
+    return sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) if runs.exists() else []
+
+
+# ---------------------------------------------------------------- a search trained once per session
+
+SEARCH = {"train": {"max_steps": 3, "logging_steps": 1},
+          "objective": {"metric": "val_loss", "extra_outputs": ["train_loss"]},
+          "nomad": {"budget": 3, "seed": 0}}
+
+
+@pytest.fixture(scope="session")
+def searched(tmp_path_factory, assets):
+    """A finished demo search of 3 points (SEARCH's settings), run once per pytest session with `bbo run`:
+    (its experiment folder, that command's CompletedProcess). Tests that change it take `searched_copy`."""
+    experiment = make_experiment(tmp_path_factory.mktemp("searched"), assets, **SEARCH)
+    proc = run_module("bbo", "run", experiment)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return experiment, proc
+
+
+@pytest.fixture
+def searched_copy(searched, tmp_path):
+    """A copy of the session's finished search (run folders, NOMAD's files, evaluations.jsonl) to change:
+    its runs are found again by content, so nothing is trained twice."""
+    experiment, _ = searched
+    return copy_tree(experiment, tmp_path / experiment.name)

@@ -1,27 +1,17 @@
 """Is the winner real? The finalists trained again with other seeds, beside the search, never inside it."""
 import json
 import math
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
 from bbo.confirm import finalist_stats, margin_sentence, t95
 from bbo.results import load_confirm_runs, load_runs
-from conftest import make_experiment
+from conftest import run_module as run
 
 
-def run(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def test_a_search_then_confirm_keeps_the_extra_runs_beside_nomads_view(tmp_path, assets):
-    experiment = make_experiment(tmp_path, assets, train={"max_steps": 3, "logging_steps": 1},
-                                 objective={"metric": "val_loss", "extra_outputs": ["train_loss"]},
-                                 nomad={"budget": 3, "seed": 0})
-    proc = run("bbo", "run", str(experiment))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_a_search_then_confirm_keeps_the_extra_runs_beside_nomads_view(searched_copy):
+    experiment = searched_copy  # a finished search of 3 points (conftest.SEARCH)
     nomad_files = {p.name: p.read_bytes() for p in (experiment / "nomad").iterdir() if p.is_file()}
     searched = load_runs(experiment)
     assert len(searched) == 3

@@ -5,55 +5,47 @@ import sys
 
 import pytest
 
+from conftest import SEARCH, make_experiment
+from conftest import run_module as run
 from core.nomadtext import read_cache, read_history
-
-
-def run(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
 def fast_experiment(tmp_path, assets):
-    from conftest import make_experiment
-
-    return make_experiment(tmp_path, assets, train={"max_steps": 3, "logging_steps": 1},
-                           objective={"metric": "val_loss", "extra_outputs": ["train_loss"]},
-                           nomad={"budget": 3, "seed": 0})
+    return make_experiment(tmp_path, assets, **SEARCH)
 
 
 def index(experiment):
     return [json.loads(line) for line in (experiment / "evaluations.jsonl").read_text().splitlines()]
 
 
-def test_bbo_run_then_bbo_nomad_reuses_every_run(fast_experiment):
-    proc = run("bbo", "run", str(fast_experiment))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_bbo_run_then_bbo_nomad_reuses_every_run(searched, searched_copy):
+    experiment, proc = searched  # `bbo run` of the session's search (conftest.SEARCH: budget 3)
     assert "best point:" in proc.stdout
     progress = [line for line in proc.stderr.splitlines() if line.startswith("[eval")]
     assert len(progress) == 3 and all("| best" in line for line in progress)
-    first = index(fast_experiment)
+    first = index(experiment)
     assert [e["cached"] for e in first] == [False] * 3
-    history = read_history(fast_experiment / "nomad" / "history.txt", 4)
+    history = read_history(experiment / "nomad" / "history.txt", 4)
     assert len(history) == 3
     assert [h["outputs"][0] for h in history] == pytest.approx([e["objective"] for e in first])
     assert history[0]["x"] == [2, 1, 1, -4]  # X0 comes first
-    assert len(read_cache(fast_experiment / "nomad" / "cache.txt")) == 3
+    assert len(read_cache(experiment / "nomad" / "cache.txt")) == 3
 
     # The same search as a parameter file, as `nomad param.txt` runs it: nothing is trained again.
-    (fast_experiment / "nomad").rename(fast_experiment / "nomad.first")
-    proc = run("bbo.nomad", str(fast_experiment / "param.txt"))
+    (searched_copy / "nomad").rename(searched_copy / "nomad.first")
+    proc = run("bbo.nomad", str(searched_copy / "param.txt"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    second = index(fast_experiment)[3:]
+    second = index(searched_copy)[3:]
     assert len(second) == 3 and all(e["cached"] for e in second)
     assert [e["run_id"] for e in second] == [e["run_id"] for e in first]  # same seed, same trajectory
 
 
-def test_bbo_run_resumes_with_nothing_left_to_do(fast_experiment):
-    assert run("bbo", "run", str(fast_experiment)).returncode == 0
-    again = run("bbo", "run", str(fast_experiment))
+def test_bbo_run_resumes_with_nothing_left_to_do(searched_copy):
+    again = run("bbo", "run", str(searched_copy))
     assert again.returncode == 0, again.stderr
     assert "budget already spent" in again.stderr
-    assert len(index(fast_experiment)) == 3
+    assert len(index(searched_copy)) == 3
 
 
 def test_bbo_run_overrides_reach_the_blackbox(fast_experiment):
