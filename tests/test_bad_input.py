@@ -4,13 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import blackbox
 
 BAD_DATA = '{"question": "2+2?", "answer": "4"}\n'
-
-
-def blackbox(experiment, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "blackbox", "--experiment", str(experiment), *args],
-                          capture_output=True, text=True, timeout=120, env=env)
 
 
 CASES = {

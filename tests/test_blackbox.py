@@ -1,25 +1,20 @@
 """The blackbox end to end on the tiny model: both entry points, the run folder, caching, reproducibility."""
 import json
-import subprocess
-import sys
 
 import pytest
 
 from conftest import make_experiment
+import conftest
+from conftest import run_dirs
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def blackbox(experiment, *args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "blackbox", "--experiment", str(experiment), *args],
-                          capture_output=True, text=True, timeout=600)
+    proc = conftest.blackbox(experiment, *args)
     if check and proc.returncode != 0:
         raise AssertionError(f"blackbox failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
-
-
-def run_dirs(experiment):
-    return [p for p in (experiment / "runs").iterdir() if p.is_dir() and not p.name.startswith(("_", "."))]
 
 
 def numbers(line):

@@ -3,7 +3,6 @@ validation loss back; adapters saved in the run's dtype; train.keep_adapters bou
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from safetensors import safe_open
 
 from bbo.__main__ import main as bbo_main
 from conftest import REPO, make_experiment
+from conftest import run_module as run
 from core.adapters import REMOVED_FILE, prune
 from core.config import ConfigError, load_config
 from core.data import collator_for, load_tokenized
@@ -24,11 +24,6 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 POINTS = "2 2 1 -2\n3 1 1 -2.5\n"
 FAST = dict(train={"max_steps": 2, "logging_steps": 1, "eval_every": None},
             objective={"metric": "val_loss", "extra_outputs": ["train_loss"]})
-
-
-def run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True, timeout=600,
-                          env=env)
 
 
 def export(capsys, *args):

@@ -2,16 +2,11 @@
 on their kept adapters, never trained again."""
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from bbo.results import load_runs
 from conftest import make_experiment
-
-
-def run(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
+from conftest import run_module as run
 
 
 def snapshot(experiment):

@@ -8,12 +8,12 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import yaml
 
 from conftest import REPO, make_experiment
+from conftest import blackbox, run_module
 from core.config import load_config
 from core.preflight import PreflightError, gpu_slots, visible_gpus
 from core.store import run_id
@@ -23,13 +23,7 @@ HP = {"rank": 4, "alpha": 4, "dropout": 0.0, "lr": 1e-3}
 
 
 def bbo(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "bbo", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env or dict(os.environ), cwd=REPO)
-
-
-def blackbox(experiment, *args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "blackbox", "--experiment", str(experiment), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env or dict(os.environ))
+    return run_module("bbo", *args, env=env, timeout=timeout)
 
 
 def entries(experiment):

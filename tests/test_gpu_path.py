@@ -9,14 +9,13 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from blackbox.executors import JobWork
 from blackbox.work import mmlu_command
-from conftest import REPO, make_experiment
+from conftest import REPO, blackbox, make_experiment, run_dirs, run_module
 from core.config import load_config
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -25,13 +24,8 @@ FAST = {"train": {"max_steps": 4, "logging_steps": 2},
         "objective": {"metric": "val_loss", "extra_outputs": ["train_loss"]}}
 
 
-def blackbox(experiment, *args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "blackbox", "--experiment", str(experiment), *args],
-                          capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
-
-
 def only_run(experiment):
-    (run_dir,) = [p for p in (experiment / "runs").iterdir() if p.is_dir() and not p.name.startswith(("_", "."))]
+    (run_dir,) = run_dirs(experiment)
     return run_dir
 
 
@@ -204,8 +198,7 @@ def test_flash_attention_without_flash_attn_fails_before_training(tmp_path, asse
     (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
     assert FLASH_LINE in line and "pip install flash-attn" in line
     assert not (experiment / "runs").exists() or not any((experiment / "runs").iterdir())
-    plan = subprocess.run([sys.executable, "-m", "bbo", "plan", str(experiment), "--gpus", "4xA100-80GB"],
-                          capture_output=True, text=True, timeout=300)
+    plan = run_module("bbo", "plan", experiment, "--gpus", "4xA100-80GB", timeout=300)
     assert plan.returncode == 1 and FLASH_LINE in plan.stdout
 
 

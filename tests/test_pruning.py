@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import make_experiment
+import conftest
 from core import pruning
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -16,8 +17,7 @@ GOOD = ["--rank", "4", "--alpha", "8", "--dropout", "0", "--lr"]
 
 
 def blackbox(experiment, *args):
-    proc = subprocess.run([sys.executable, "-m", "blackbox", "--experiment", str(experiment), *args],
-                          capture_output=True, text=True, timeout=600)
+    proc = conftest.blackbox(experiment, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -16,6 +16,7 @@ import pytest
 
 from bbo.results import load_runs
 from conftest import REPO, make_experiment
+from conftest import run_module as run
 
 pytestmark = pytest.mark.slurm
 
@@ -48,11 +49,6 @@ def slurm():
         pytest.fail(f"CI must run the Slurm tests: {reason}")
     if reason:
         pytest.skip(reason)
-
-
-def run(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **(env or {})))
 
 
 def our_jobs(name="bbo-demo") -> list[str]:

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from conftest import make_experiment
+from conftest import blackbox
 from core.config import ConfigError, load_config
 from core.preflight import PreflightError, check_trackers
 from core.store import run_id
@@ -14,11 +15,6 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 FAST = {"max_steps": 4, "logging_steps": 2}
 VAL_ONLY = {"metric": "val_loss", "extra_outputs": ["val_loss"]}
-
-
-def blackbox(experiment, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "blackbox", "--experiment", str(experiment), *args],
-                          capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_tensorboard_and_mlflow_get_one_run_per_evaluation(tmp_path, assets):
