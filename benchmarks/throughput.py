@@ -53,7 +53,8 @@ def make_spec(setup: str, args, on_gpu: bool) -> dict:
     spec["cache_dir"] = str(WORK / "cache")
     spec["data"].update(template="alpaca", max_length=512)
     spec["train"].update(max_steps=args.steps, per_device_batch_size=args.batch_size, grad_accum=1,
-                         logging_steps=max(1, args.steps), gradient_checkpointing=False)
+                         logging_steps=max(1, args.steps), gradient_checkpointing=False,
+                         eval_every=None)  # no validation at checkpoints: inside the timed steps, and counted
     spec["model"]["attn_implementation"] = "sdpa"
     if setup == "project":
         spec["data"]["packing"] = True
@@ -123,8 +124,12 @@ def child(setup: str, args) -> dict:
 
         config = LlamaConfig(**spec["model_config"])
         with torch.device("cuda" if on_gpu else "cpu"):
-            return AutoModelForCausalLM.from_config(config, dtype=dtype,
-                                                    attn_implementation=spec["model"]["attn_implementation"])
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                                     attn_implementation=spec["model"]["attn_implementation"])
+        # as core.model.load_model: with a KV cache transformers does not see the packed rows (it builds a
+        # plain causal mask, so packed examples would attend to each other, and faster than training does)
+        model.config.use_cache = False
+        return model
 
     seams = train.Seams(base_model=random_llama if args.model_config else None, wrap_collator=counting_collator,
                         callbacks=[StepTimer()], validate=False)  # training throughput only: no validation pass
