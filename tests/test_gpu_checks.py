@@ -8,6 +8,8 @@ gives), in this process; the timed MMLU is a child process, as on a GPU.
 import re
 import sys
 
+from conftest import REPO
+
 
 
 def run_check(capsys, *args: str) -> str:
