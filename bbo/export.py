@@ -100,7 +100,7 @@ def _adapter_of(store: RunStore, rid: str) -> Path:
     """The run's adapter folder, or the one-line reason there is none to export."""
     run_dir = store.run_dir(rid)
     status = store.finished(rid) or store.status(rid) or {}
-    state = status.get("state") or "incomplete"
+    state = status.get("state") or State.INCOMPLETE.value
     if state != State.OK:
         why = f" ({status['reason']})" if status.get("reason") else ""
         raise ExportError(f"run {rid} is {state}{why}: only an ok run has an adapter to export")

@@ -147,7 +147,7 @@ def _run_row(config: ExperimentConfig, store: RunStore, rid: str, info: dict | N
     if point is None and hp:
         point = config.space.encode(hp)  # a hand-given point the space can represent
 
-    state = status.get("state") or last.get("state") or "incomplete"
+    state = status.get("state") or last.get("state") or State.INCOMPLETE.value
     row = {
         "run_id": rid,
         "order": info["order"] if info else None,

@@ -17,7 +17,7 @@ from core.config import ExperimentConfig, objective_label
 from core.progress import describe, duration, read_progress
 from core.store import RunStore, State, read_json
 
-INTERRUPTED = "interrupted"  # state "running" (or no status yet) but no live process holds the lock
+SHOWN = (State.OK, State.RUNNING, State.FAILED, State.PRUNED)  # counted even when 0; INTERRUPTED only when some
 
 
 @dataclass
@@ -46,14 +46,14 @@ class SearchStatus:
 
     @property
     def best(self) -> Run | None:
-        ok = [r for r in self.of(State.OK.value) if r.objective is not None]
+        ok = [r for r in self.of(State.OK) if r.objective is not None]
         return min(ok, key=lambda r: r.objective) if ok else None
 
     @property
     def used(self) -> int:
         """Evaluations that count against nomad.budget, as NOMAD counts its cache: successes (and the
         failures too with nomad.count_failed)."""
-        counted = [State.OK.value, State.PRUNED.value] + ([State.FAILED.value] if self.count_failed else [])
+        counted = [State.OK, State.PRUNED] + ([State.FAILED] if self.count_failed else [])
         return sum(len(self.of(state)) for state in counted)
 
     @property
@@ -87,7 +87,7 @@ def _run(store: RunStore, rid: str) -> Run:
     info = store.status(rid) or {}
     state = info.get("state")
     if state not in (State.OK, State.FAILED, State.PRUNED):
-        state = State.RUNNING.value if store.lock_held(rid) else INTERRUPTED
+        state = State.RUNNING if store.lock_held(rid) else State.INTERRUPTED  # lock free: its process died
     run = Run(rid, str(state), params.get("hp") or {}, confirms=params.get("confirms"))
     if state in (State.OK, State.PRUNED):
         metrics = store.metrics(rid) or {}
@@ -107,9 +107,9 @@ def point_text(hp: dict) -> str:
 
 
 def status_text(status: SearchStatus) -> str:
-    counts = {state: len(status.of(state)) for state in ("ok", "running", "failed", "pruned", INTERRUPTED)}
+    counts = {state: len(status.of(state)) for state in (*SHOWN, State.INTERRUPTED)}
     lines = [f"{status.name}: {sum(counts.values())} run folders: " + ", ".join(
-        f"{n} {state}" for state, n in counts.items() if n or state in ("ok", "running", "failed", "pruned"))]
+        f"{n} {state}" for state, n in counts.items() if n or state in SHOWN)]
     confirmations = [r for r in status.runs if r.confirms]
     if confirmations:
         lines.append(f"confirmation runs (other seeds): {len(confirmations)}")
@@ -133,7 +133,7 @@ def status_text(status: SearchStatus) -> str:
     else:
         lines.append(f"search ETA: {duration(status.eta_seconds)} ({status.left} left x mean evaluation "
                      f"{duration(mean)} / {status.parallel} at a time)")
-    interrupted = status.of(INTERRUPTED)
+    interrupted = status.of(State.INTERRUPTED)
     if interrupted:
         lines.append(f"interrupted: {len(interrupted)} run(s) whose process died mid-way; the next "
                      f"`python -m bbo run {status.dir}` trains them again")

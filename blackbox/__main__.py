@@ -77,7 +77,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from blackbox.evaluate import evaluate_block
+    from blackbox.blocks import evaluate_block
     from blackbox.executors import stop_all
 
     try:

@@ -1,34 +1,31 @@
-"""Evaluate points: reuse a finished run, or train and evaluate it (blackbox/work.py), where the
-executor says (blackbox/executors.py: GPU slots of this machine, or one Slurm job per point).
+"""Evaluate one point: reuse its finished run, or train and evaluate it (blackbox/work.py) where the
+executor says (blackbox/executors.py: a GPU slot of this machine, or one Slurm job per point); record
+the answer, its run folder's spec and provenance, and one progress line.
 
 Heavy libraries (torch, transformers) are never imported here: they live in the
 child processes (blackbox/train.py, eval/mmlu.py), so answering an already-evaluated
-point costs a Python start. Several points of a NOMAD block run at once, one per slot.
+point costs a Python start. A NOMAD block's points, several at once over the GPU slots: blackbox/blocks.py.
+A search whose first trainings all fail alike is stopped by the rule in core/failures.py.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import math
 import os
-import queue
 import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from blackbox import tracking
 from blackbox.executors import executor_for
-from blackbox.work import EvalFailure
 from core.adapters import prune as prune_adapters
 from core.config import VALIDATION_SPLIT, ExperimentConfig
 from core.data import chat_template_text
-from core.failures import fix_for, read_stop, write_stop
-from core.preflight import check_before_training
+from core.failures import EvalFailure, Kind, read_stop, stop_if_failing
 from core.pruning import rule_for as pruning_rule_for
-from core.procs import REPO_ROOT
+from core.procs import REPO_ROOT, search_id
 from core.store import RunStore, State, run_id, write_json
 
 PACKAGES = ["torch", "transformers", "peft", "accelerate", "datasets", "lm_eval", "PyNomadBBO", "pandas"]
@@ -42,7 +39,7 @@ class Outcome:
     metrics: dict = field(default_factory=dict)
     outputs: list[float] | None = None  # in BB_OUTPUT_TYPE order
     reason: str | None = None
-    error_kind: str | None = None  # for a failed point: oom, timeout, load_model, ... (EvalFailure.kind)
+    error_kind: str | None = None  # for a failed point: a core.failures.Kind (a stored run's: its plain string)
 
     def line(self) -> str:
         """The line NOMAD reads: numbers, or FAILED (NOMAD then marks only this point as failed)."""
@@ -63,13 +60,13 @@ def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, s
     """
     store = RunStore(config.dir)
     fingerprint = config.fingerprint()
-    rid = _run_id(config, hp, fingerprint, confirms)
+    rid = point_run_id(config, hp, fingerprint, confirms)
     search = search_id()
     with store.lock(rid):  # a second process asking for the same point waits here, then reuses
         done = store.finished(rid)
-        if _reuse(done, retry_failed, retry_pruned):
+        if reusable(done, retry_failed, retry_pruned):
             outcome = _stored_outcome(config, store, rid, hp, done)
-        elif stopped := _stopped(config, rid, hp, search):  # train nothing more, record nothing
+        elif stopped := stopped_outcome(config, rid, hp, search):  # train nothing more, record nothing
             return stopped
         else:
             outcome = _run(config, store, rid, hp, point, fingerprint, gpus, confirms)
@@ -83,112 +80,29 @@ def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, s
     _progress(store, n, outcome)
     # recorded: the adapters outside the train.keep_adapters best can go (the metrics stay)
     prune_adapters(config.dir, config.train.adapters_kept, config.train.keep_adapters)
-    if outcome.state == State.FAILED and not outcome.cached:
-        _stop_if_failing(config, store, search)
+    if outcome.state == State.FAILED and not outcome.cached:  # the first trainings all failing alike stop the search
+        stop_if_failing(config.dir, search, config.nomad.stop_after_failures)
     return outcome
 
 
-def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | None]], *, source: str = "nomad",
-                   retry_failed: bool = False, confirms: list[str] | None = None,
-                   retry_pruned: bool = False) -> list[Outcome]:
-    """Several points at once, each on its own GPUs (launch.parallel slots of launch.num_processes GPUs).
-
-    The checks before training (hub access, GPUs; core/preflight.py) run only when some point
-    must be trained: an already-evaluated point is answered without importing torch.
-    confirms: per point, the run id it re-trains with another seed (see evaluate), or None.
-    """
-    store = RunStore(config.dir)
-    fingerprint = config.fingerprint()
-    search = search_id()
-    confirms = confirms or [None] * len(points)
-    rids = [_run_id(config, hp, fingerprint, of) for (hp, _), of in zip(points, confirms)]
-    stopped = [_stopped(config, rid, hp, search) for rid, (hp, _) in zip(rids, points)]
-    if all(stopped):  # a stopped search's NOMAD is being ended (or, under a plain `nomad`, goes on):
-        return stopped  # answer at once, without the checks
-    to_train = [rid for rid in rids if not _reuse(store.finished(rid), retry_failed, retry_pruned)]
-    slots = [None]
-    if to_train:
-        slots, warnings = check_before_training(config)
-        for warning in warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-        try:
-            tracking.prepare(config)
-        except Exception as e:  # noqa: BLE001 - trackers observe; the integration says more when training starts
-            print(f"warning: could not create the MLflow store: {type(e).__name__}: {e}", file=sys.stderr)
-    width = max(1, min(len(points), len(slots)))
-    free = queue.Queue()  # a point takes a free slot and gives it back: never two points on one slot
-    for slot in slots[:width]:
-        free.put(slot)
-
-    def work(i):
-        slot = free.get()
-        try:
-            return evaluate(config, points[i][0], points[i][1], source=source, retry_failed=retry_failed, gpus=slot,
-                            confirms=confirms[i], retry_pruned=retry_pruned)
-        finally:
-            free.put(slot)
-
-    if width == 1:
-        return [work(i) for i in range(len(points))]
-    with ThreadPoolExecutor(max_workers=width) as pool:  # points beyond the slots wait for a free one
-        return list(pool.map(work, range(len(points))))
-
-
-def _reuse(done: dict | None, retry_failed: bool, retry_pruned: bool) -> bool:
+def reusable(done: dict | None, retry_failed: bool, retry_pruned: bool) -> bool:
     """Whether a finished run answers again: an ok one always, a failed or pruned one unless retried."""
     if not done:
         return False
     return {State.OK: True, State.FAILED: not retry_failed, State.PRUNED: not retry_pruned}[State(done["state"])]
 
 
-def _run_id(config: ExperimentConfig, hp: dict, fingerprint: dict, confirms: str | None) -> str:
+def point_run_id(config: ExperimentConfig, hp: dict, fingerprint: dict, confirms: str | None) -> str:
     return run_id(hp, fingerprint, seed=config.train.seed if confirms else None)
 
 
-# ---------------------------------------------------------------- stopping a failing search
-
-def search_id() -> str:
-    """Which search an evaluation belongs to: set by `bbo run` / `bbo.nomad`; under a plain `nomad`
-    binary, the NOMAD process that started this blackbox (the nearest ancestor that is not a shell)."""
-    given = os.environ.get("BBO_SEARCH_ID")
-    if given:
-        return given
-    pid = os.getppid()
-    for _ in range(5):
-        try:
-            comm, rest = Path(f"/proc/{pid}/stat").read_text().split("(", 1)[1].rsplit(")", 1)
-        except (OSError, ValueError, IndexError):
-            return f"nomad-{pid}"
-        fields = rest.split()
-        if comm not in ("sh", "bash", "dash", "bb.sh"):
-            return f"nomad-{pid}-{fields[19]}"  # field 22 of stat: start time, so a reused pid differs
-        pid = int(fields[1])
-    return f"nomad-{pid}"
-
-
-def _stopped(config: ExperimentConfig, rid: str, hp: dict, search: str) -> Outcome | None:
-    """The answer for a point of a search that was stopped (see _stop_if_failing), else None."""
+def stopped_outcome(config: ExperimentConfig, rid: str, hp: dict, search: str) -> Outcome | None:
+    """The answer for a point of a search that was stopped (core/failures.py stop_if_failing), else None."""
     stop = read_stop(config.dir, search)
     if stop is None:
         return None
-    return Outcome(rid, State.FAILED, False, hp, reason=f"search stopped: {stop.get('message')}", error_kind="stopped")
-
-
-def _stop_if_failing(config: ExperimentConfig, store: RunStore, search: str) -> None:
-    """The first N trainings of a search all failed the same way: the cause is not the points.
-    Write the stop file: the driver stops NOMAD, and this search trains nothing more."""
-    n = config.nomad.stop_after_failures
-    if n <= 0:
-        return
-    trained = [e for e in store.evaluations() if e.get("search") == search and not e.get("cached")]
-    first = trained[:n]
-    kinds = {e.get("error_kind") for e in first}
-    if len(first) < n or any(e.get("state") != State.FAILED for e in first) or len(kinds) != 1:
-        return
-    kind = kinds.pop()
-    write_stop(config.dir, {"search": search, "kind": kind, "time": time.time(),
-                      "message": f"the first {n} evaluations all failed with {kind} ({first[-1].get('reason')})",
-                      "fix": fix_for(kind)})
+    return Outcome(rid, State.FAILED, False, hp, reason=f"search stopped: {stop.get('message')}",
+                   error_kind=Kind.STOPPED)
 
 
 def _stored_outcome(config, store, rid, hp, status) -> Outcome:
@@ -212,7 +126,7 @@ def _outputs(config: ExperimentConfig, metrics: dict, pruned: bool = False) -> l
         if pruned and name != "objective" and value is None:
             value = math.nan
         elif not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise EvalFailure("metrics", f"output {name} is missing or not finite ({value!r})")
+            raise EvalFailure(Kind.METRICS, f"output {name} is missing or not finite ({value!r})")
         values.append(float(value))
     return values
 
@@ -249,9 +163,9 @@ def _objective(config, metrics) -> float:
     try:
         value = config.objective.to_objective(metrics)
     except (KeyError, TypeError, ValueError):
-        raise EvalFailure("metrics", f"objective metric {config.objective.metric} missing") from None
+        raise EvalFailure(Kind.METRICS, f"objective metric {config.objective.metric} missing") from None
     if not math.isfinite(value):
-        raise EvalFailure("metrics", f"objective {config.objective.metric} is not finite ({value})")
+        raise EvalFailure(Kind.METRICS, f"objective {config.objective.metric} is not finite ({value})")
     return value
 
 

@@ -20,8 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-from blackbox.work import EvalFailure, kill_children, tail_of, work
+from blackbox.work import kill_children, tail_of, work
 from core.config import ExperimentConfig
+from core.failures import EvalFailure, Kind
 from core.store import read_json, write_json
 
 SLURM_FILE = "slurm.json"
@@ -51,7 +52,7 @@ class JobWork:
         try:
             metrics = self.task(config, Path(run_dir), job_gpus())
         except EvalFailure as e:  # returned, not raised: submitit would keep only its traceback text
-            return {"failure": {"kind": e.kind, "message": str(e), "log_tail": e.log_tail},
+            return {"failure": {"kind": e.kind.value, "message": str(e), "log_tail": e.log_tail},
                     "node": socket.gethostname()}
         return {"metrics": metrics, "node": socket.gethostname()}
 
@@ -113,7 +114,7 @@ class SlurmExecutor:
             job = self._submitit(run_dir).submit(JobWork(task), config, str(run_dir))
         except Exception as e:  # noqa: BLE001 - sbatch refused (a wrong partition, account, limit): say what it said
             said = [line for line in str(e).splitlines() if "error" in line.lower()] or str(e).splitlines() or [""]
-            raise EvalFailure("slurm", f"sbatch refused the job: {said[-1].strip()}") from None
+            raise EvalFailure(Kind.SLURM, f"sbatch refused the job: {said[-1].strip()}") from None
         record_file = run_dir / record
         record = {"job_id": str(job.job_id), "state": "PENDING", "node": None, "submitted": time.time()}
         write_json(record_file, record)
@@ -140,9 +141,9 @@ class SlurmExecutor:
         else:  # submitit's error text (its last line), or nothing at all
             detail = str(result).strip().splitlines()[-1] if result else "no result"
         if state == "TIMEOUT" or "timed-out" in str(result):
-            raise EvalFailure("timeout", f"Slurm job {job.job_id} reached slurm.time_minutes={self.config.slurm.time_minutes} "
+            raise EvalFailure(Kind.TIMEOUT, f"Slurm job {job.job_id} reached slurm.time_minutes={self.config.slurm.time_minutes} "
                                          f"({state}{where}: {detail})", tail_of(job.paths.stderr) or str(result)[-2000:])
-        raise EvalFailure("slurm", f"Slurm job {job.job_id} {state}{where} ({detail})",
+        raise EvalFailure(Kind.SLURM, f"Slurm job {job.job_id} {state}{where} ({detail})",
                           tail_of(job.paths.stderr) or str(result)[-2000:])
 
 

@@ -13,7 +13,9 @@ import signal
 import time
 from pathlib import Path
 
-AT_PHASE = {"load_model": "load_model", "eval_error": "eval"}  # faults raised when a phase starts
+from core.failures import Kind
+
+AT_PHASE = {"load_model": Kind.LOAD_MODEL, "eval_error": Kind.EVAL_LOSS}  # faults raised when a phase starts
 
 
 def parse_fault(run_dir: Path) -> dict | None:
@@ -35,7 +37,7 @@ def parse_fault(run_dir: Path) -> dict | None:
 def at_phase(fault: dict | None, phase: str) -> None:
     """Raise the fault meant for the start of this phase (a model that cannot load, a failing evaluation)."""
     if fault and AT_PHASE.get(fault["kind"]) == phase:
-        if phase == "load_model":
+        if phase == Kind.LOAD_MODEL:
             raise OSError("injected fault: cannot load the model")
         raise RuntimeError("injected fault: evaluation error")
 

@@ -41,7 +41,8 @@ def measured(run_dir, limit) -> dict | None:
 
 def run_finalists(config) -> int:
     from blackbox.executors import executor_for
-    from blackbox.work import EvalFailure, finalist_work
+    from blackbox.work import finalist_work
+    from core.failures import EvalFailure
     from core.preflight import check_before_training
 
     store = RunStore(config.dir)

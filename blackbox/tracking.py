@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from core.config import ExperimentConfig
-from core.store import read_json, write_json
+from core.store import State, read_json, write_json
 
 TRACKING_FILE = "tracking.json"  # in the run folder: which tracked runs belong to it (the MLflow run id)
 HPARAMS = ("rank", "alpha", "dropout", "lr")
@@ -143,7 +143,7 @@ def log_final(config: ExperimentConfig, run_dir: Path, hp: dict, metrics: dict |
 
 def _tensorboard_final(config, run_dir: Path, params: dict, numbers: dict, state: str) -> None:
     """hparams (TensorBoard's HPARAMS tab) and final/<metric> scalars, in the run's own folder."""
-    if state == "failed":
+    if state == State.FAILED:
         return
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
@@ -167,7 +167,7 @@ def _mlflow_final(config, run_dir: Path, params: dict, numbers: dict, state: str
 
     client = MlflowClient(record["tracking_uri"])
     run_id = record["run_id"]
-    if state == "failed":
+    if state == State.FAILED:
         client.set_terminated(run_id, status="FAILED")
         return
     existing = client.get_run(run_id).data.params

@@ -5,7 +5,7 @@
 It reads everything from <run dir>/spec.json (written by the blackbox: the resolved
 experiment settings and the point's hyperparameters) and writes, from the main
 process, <run dir>/adapter/ and <run dir>/train_result.json. A failure writes
-<run dir>/error.json ({"kind": "oom" | "diverged" | "load_model" | ...}) and exits non-zero.
+<run dir>/error.json ({"kind": "oom" | "diverged" | "load_model" | ...: core/failures.py Kind}) and exits non-zero.
 
 Read top to bottom, `main` is the run: data, model + LoRA, Trainer, validation loss, save.
 A benchmark changes a run through `Seams` (its own base model, more callbacks, a wrapper
@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 from blackbox import faults, tracking  # noqa: E402
 from core import pruning  # noqa: E402
 from core.data import collator_for, load_tokenized  # noqa: E402
+from core.failures import Kind  # noqa: E402
 from core.model import (cast_lora, half_dtype, load_base, load_tokenizer, resolve_device, run_dtype,  # noqa: E402
                         save_adapter)
 from core.procs import on_death_of  # noqa: E402
@@ -196,12 +197,12 @@ def checkpoint_curve(spec: dict, run_dir: Path, val_set, collator):
     return CheckpointCurve()
 
 
-def write_error(run_dir: Path, kind: str, message: str) -> None:
+def write_error(run_dir: Path, kind: Kind, message: str) -> None:
     """Every process that fails says why (error.json from rank 0, error.rank<r>.json from the others):
     an OOM on rank 3 is reported as oom, not as the crash the other ranks see after it."""
     rank = int(os.environ.get("RANK", "0"))
     name = "error.json" if rank == 0 else f"error.rank{rank}.json"
-    write_json(run_dir / name, {"kind": kind, "message": message[:2000], "rank": rank, "time": time.time()})
+    write_json(run_dir / name, {"kind": Kind(kind).value, "message": message[:2000], "rank": rank, "time": time.time()})
 
 
 # ---------------------------------------------------------------- main
@@ -220,22 +221,22 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
 
     # Every phase names the error kind a plain exception in it gets (the blackbox reports it and
     # `bbo run` names the fix): a model that cannot be loaded is not a bad point.
-    phase = "load_tokenizer"
+    phase = Kind.LOAD_TOKENIZER
     try:
         t_start = time.time()
         tokenizer = load_tokenizer(model_spec["path"], model_spec["revision"], model_spec["trust_remote_code"])
-        phase = "load_data"  # the tokenized split is built once per experiment and cached
+        phase = Kind.LOAD_DATA  # the tokenized split is built once per experiment and cached
         train_set, val_set = load_tokenized(spec["data"], tokenizer, model_spec["path"], spec["cache_dir"])
         collator = collator_for(tokenizer, spec["data"], model_spec["attn_implementation"])
         collator = seams.wrap_collator(collator) if seams.wrap_collator else collator
         t_data = time.time()
 
-        phase = "load_model"
+        phase = Kind.LOAD_MODEL
         faults.at_phase(fault, phase)
         model = model_with_lora(spec, dtype, seams)
         t_model = time.time()
 
-        phase = "error"
+        phase = Kind.ERROR
         curve = checkpoint_curve(spec, run_dir, val_set, collator)
         if train_cfg.get("report_to"):  # where the trackers write and how they name the run: set before they set up
             experiment = spec["experiment"]
@@ -248,7 +249,7 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
         result = trainer.train()
         t_train = time.time()
 
-        phase = "eval"  # validation loss on the held-out split (all processes take part)
+        phase = Kind.EVAL_LOSS  # validation loss on the held-out split (all processes take part)
         faults.at_phase(fault, phase)
         if curve.pruned:  # its last checkpoint is its measure; no adapter is kept
             val = {"val_loss": curve.pruned["val_loss"], "val_tokens": curve.pruned["val_tokens"]}
@@ -262,10 +263,10 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
             val = {"val_loss": math.nan, "val_tokens": 0}
         trackers.finish({"val_loss": val["val_loss"]}, spec["hp"])
     except Diverged as e:
-        write_error(run_dir, "diverged", str(e))
+        write_error(run_dir, Kind.DIVERGED, str(e))
         return 3
     except torch.OutOfMemoryError as e:
-        write_error(run_dir, "oom", str(e))
+        write_error(run_dir, Kind.OOM, str(e))
         return 4
     except Exception as e:  # noqa: BLE001 - recorded with its type; the blackbox reports a failed point
         write_error(run_dir, phase, f"{type(e).__name__}: {e}")

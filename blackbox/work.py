@@ -2,7 +2,7 @@
 and ROUGE when the objective names them.
 
 `work` runs it in the point's run folder and returns the metrics, or raises EvalFailure with
-the kind of failure. The executor (blackbox/executors.py) decides where: in child processes on
+the kind of failure (core/failures.py). The executor (blackbox/executors.py) decides where: in child processes on
 a GPU slot of this machine, or inside a Slurm job. Every child runs in its own process group,
 logs to the run folder, and is killed with its whole group on timeout or when the blackbox stops.
 """
@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.config import ROUGE_METRICS, ExperimentConfig
+from core.failures import EvalFailure, Kind, kind_of, reported_error, shows_oom
 from core.procs import REPO_ROOT, checkout_env
 from core.progress import PROGRESS_FILE, read_progress
 from core.store import read_json, write_json
@@ -26,14 +27,6 @@ TRAIN_SCRIPT = REPO_ROOT / "blackbox" / "train.py"
 
 _children: set[subprocess.Popen] = set()  # live child process groups, killed on SIGTERM/SIGINT
 _children_lock = threading.Lock()
-
-
-class EvalFailure(Exception):
-    """A point whose evaluation failed; `kind` says how (oom, diverged, timeout, crash, error, metrics)."""
-
-    def __init__(self, kind: str, message: str, log_tail: str | None = None):
-        super().__init__(message)
-        self.kind, self.log_tail = kind, log_tail
 
 
 def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dict:
@@ -70,31 +63,23 @@ def _launch_command(config: ExperimentConfig, run_dir: Path) -> list[str]:
             + [str(TRAIN_SCRIPT), str(run_dir)])
 
 
-# Failure kinds, most telling first: when several processes fail, the first found here is reported
-# (an OOM on rank 2 makes the other ranks fail too, with less telling errors).
-KIND_PRIORITY = ["oom", "diverged", "load_model", "load_tokenizer", "load_data", "eval", "error"]
-OOM_TEXTS = ("CUDA out of memory", "OutOfMemoryError", "CUDA error: out of memory")
-
-
 def _train(config, run_dir: Path, gpus, deadline) -> dict:
     with progress_bar(run_dir):
         rc = _run_logged(_launch_command(config, run_dir), run_dir / "train.log", gpus, deadline)
     errors = [e for e in (read_json(p) for p in sorted(run_dir.glob("error*.json"))) if isinstance(e, dict)]
     if rc != 0 or errors:
         tail = tail_of(run_dir / "train.log")
-        if errors:
-            # the most telling kind; among equals the first to fail (the others failed because it did)
-            errors.sort(key=lambda e: (KIND_PRIORITY.index(e.get("kind")) if e.get("kind") in KIND_PRIORITY
-                                       else len(KIND_PRIORITY), e.get("time", 0.0)))
-            error = errors[0]
+        if errors:  # the most telling kind; among equals the first to fail
+            error = reported_error(errors)
             where = f" (rank {error['rank']})" if error.get("rank") else ""
-            raise EvalFailure(error.get("kind", "error"), error.get("message", "training failed") + where, tail)
-        if any(text in tail_of(run_dir / "train.log", 400) for text in OOM_TEXTS):  # e.g. OOM while loading
-            raise EvalFailure("oom", _describe_exit(rc, "training") + " after running out of GPU memory", tail)
-        raise EvalFailure("crash", _describe_exit(rc, "training"), tail)
+            kind = kind_of(error.get("kind")) or Kind.ERROR
+            raise EvalFailure(kind, error.get("message", "training failed") + where, tail)
+        if shows_oom(tail_of(run_dir / "train.log", 400)):  # e.g. OOM while loading
+            raise EvalFailure(Kind.OOM, _describe_exit(rc, "training") + " after running out of GPU memory", tail)
+        raise EvalFailure(Kind.CRASH, _describe_exit(rc, "training"), tail)
     result = read_json(run_dir / "train_result.json")
     if not isinstance(result, dict):
-        raise EvalFailure("metrics", "training ended but train_result.json is missing or garbage",
+        raise EvalFailure(Kind.METRICS, "training ended but train_result.json is missing or garbage",
                           tail_of(run_dir / "train.log"))
     return result
 
@@ -139,9 +124,9 @@ def _render_progress(run_dir: Path, stop: threading.Event, every_seconds: float)
 
 def finalist_work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dict:
     """objective.finalists: MMLU of a finished run's kept adapter with mmlu.limit (None = every question),
-    into mmlu_full.json; no training. Raises EvalFailure (kind "adapter" when the adapter is gone)."""
+    into mmlu_full.json; no training. Raises EvalFailure (Kind.ADAPTER when the adapter is gone)."""
     if not (run_dir / "adapter").is_dir():
-        raise EvalFailure("adapter", f"run {run_dir.name} has no adapter (removed, or never kept): "
+        raise EvalFailure(Kind.ADAPTER, f"run {run_dir.name} has no adapter (removed, or never kept): "
                                      "its full MMLU cannot be measured")
     timeout = config.launch.timeout_minutes
     deadline = time.time() + timeout * 60 if timeout else None
@@ -186,7 +171,7 @@ def _mmlu(config, run_dir: Path, gpus, deadline, limit: int | None, name: str = 
     rc = _run_logged(cmd, run_dir / f"{name}.log", gpus, deadline)
     result = read_json(run_dir / f"{name}.json")
     if rc != 0 or not isinstance(result, dict) or not isinstance(result.get("mmlu"), (int, float)):
-        kind = "oom" if any(text in tail_of(run_dir / f"{name}.log", 400) for text in OOM_TEXTS) else "eval"
+        kind = Kind.OOM if shows_oom(tail_of(run_dir / f"{name}.log", 400)) else Kind.EVAL_MMLU
         raise EvalFailure(kind, _describe_exit(rc, "MMLU evaluation") if rc else "MMLU result missing",
                           tail_of(run_dir / f"{name}.log"))
     result["mmlu_seconds"] = time.time() - t0
@@ -205,7 +190,7 @@ def _rouge(run_dir: Path, gpus, deadline) -> dict:
     rc = _run_logged(cmd, run_dir / "rouge.log", gpus[:1] if gpus else gpus, deadline)
     result = read_json(run_dir / "rouge.json")
     if rc != 0 or not isinstance(result, dict) or not all(isinstance(result.get(m), (int, float)) for m in ROUGE_METRICS):
-        kind = "oom" if any(text in tail_of(run_dir / "rouge.log", 400) for text in OOM_TEXTS) else "eval"
+        kind = Kind.OOM if shows_oom(tail_of(run_dir / "rouge.log", 400)) else Kind.EVAL_ROUGE
         raise EvalFailure(kind, _describe_exit(rc, "ROUGE evaluation") if rc else "ROUGE result missing",
                           tail_of(run_dir / "rouge.log"))
     result["rouge_seconds"] = time.time() - t0
@@ -229,7 +214,7 @@ def _run_logged(cmd: list[str], log_path: Path, gpus, deadline) -> int:
             return proc.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
-            raise EvalFailure("timeout", "evaluation exceeded launch.timeout_minutes; process group killed",
+            raise EvalFailure(Kind.TIMEOUT, "evaluation exceeded launch.timeout_minutes; process group killed",
                               tail_of(log_path)) from None
         except BaseException:  # e.g. submitit's preemption signal in a Slurm job: take the training down too
             _kill_group(proc)

@@ -1,4 +1,5 @@
-"""Child processes: this checkout's code in every child, and no evaluation outlives the search that asked for it."""
+"""Child processes: this checkout's code in every child, no evaluation outlives the search that asked for it,
+and which search a blackbox process serves."""
 from __future__ import annotations
 
 import ctypes
@@ -49,3 +50,22 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
     except OSError:
         pass
+
+
+def search_id() -> str:
+    """Which search an evaluation belongs to: set by `bbo run` / `bbo.nomad` (BBO_SEARCH_ID); under a plain
+    `nomad` binary, the NOMAD process that started this blackbox (the nearest ancestor that is not a shell)."""
+    given = os.environ.get("BBO_SEARCH_ID")
+    if given:
+        return given
+    pid = os.getppid()
+    for _ in range(5):
+        try:
+            comm, rest = Path(f"/proc/{pid}/stat").read_text().split("(", 1)[1].rsplit(")", 1)
+        except (OSError, ValueError, IndexError):
+            return f"nomad-{pid}"
+        fields = rest.split()
+        if comm not in ("sh", "bash", "dash", "bb.sh"):
+            return f"nomad-{pid}-{fields[19]}"  # field 22 of stat: start time, so a reused pid differs
+        pid = int(fields[1])
+    return f"nomad-{pid}"

@@ -39,6 +39,11 @@ class State(str, enum.Enum):
     OK = "ok"  # finished with every output the config asks for
     FAILED = "failed"  # finished without them: error_kind says how (core/failures.py)
     PRUNED = "pruned"  # stopped early as hopeless by the pruning rule (core/pruning.py); no adapter
+    # Never written as status.json's "state": what readers call a folder no live process will finish.
+    # INTERRUPTED: "running" (or no status yet) with its lock free, its process died (`bbo status`; the
+    # "previous" of the attempt that redoes it). INCOMPLETE: no state recorded at all (results table, export).
+    INTERRUPTED = "interrupted"
+    INCOMPLETE = "incomplete"
 
     def __str__(self) -> str:
         return self.value
@@ -160,7 +165,7 @@ class RunStore:
         previous = (old or {}).get("state")
         write_json(run_dir / "status.json", {
             "state": State.RUNNING.value, "attempt": attempt,
-            "previous": "interrupted" if previous == State.RUNNING else previous,
+            "previous": State.INTERRUPTED.value if previous == State.RUNNING else previous,
             "started": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
         })
         return run_dir

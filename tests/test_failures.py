@@ -38,7 +38,7 @@ def experiment(tmp_path, assets):
     ("oom@2", "oom", "out of memory"),
     ("error@2", "error", "injected fault: training error"),
     ("nan@2", "diverged", "train loss nan at step"),
-    ("eval_error", "eval", "injected fault: evaluation error"),
+    ("eval_error", "eval_loss", "injected fault: evaluation error"),
     ("garbage_metrics", "metrics", "train_result.json is missing or garbage"),
     ("crash@2", "crash", "training"),
 ])
