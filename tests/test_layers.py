@@ -1,11 +1,13 @@
 """The house is one-way: each package imports only the floors below it, no module circle, and no
-package reaches into another's private names (benchmarks included: they use public seams).
+package reaches into another's private names (benchmarks and tests included: they use public seams).
+The map is kept true: every module has its row in docs/architecture.md's Modules table.
 
-    core/       config, space, data, model, store, nomadtext, outcome, procs, preflight: imports nothing above
+    core/       config, space, data, model, store, nomadtext, failures, procs, preflight: imports nothing above
     eval/       metrics of an adapter: imports core
     blackbox/   the executable NOMAD calls, and training: imports core and eval
     bbo/        the optimiser program (NOMAD, tables, report, plan): imports core
     benchmarks/ figures: imports any of the above, through public names only
+    tests/      imports any of the above, through public names only
 """
 import ast
 from pathlib import Path
@@ -20,6 +22,8 @@ ALLOWED = {
     "benchmarks": {"core", "eval", "blackbox", "bbo", "benchmarks", "fixtures"},
     "fixtures": {"fixtures"},
 }
+TESTS = REPO / "tests"
+DOCUMENTED = ("core", "eval", "blackbox", "bbo", "fixtures")  # the packages docs/architecture.md maps
 
 
 def _modules() -> dict[str, Path]:
@@ -120,7 +124,35 @@ def test_no_package_uses_another_packages_private_names():
         for target, attr, line in _private_attributes(path, modules):
             if target.split(".")[0] != top:
                 wrong.append(f"{path.relative_to(REPO)}:{line} uses {target}.{attr}")
+    for path in sorted(TESTS.rglob("*.py")):  # the tests use what a user or a benchmark could use
+        for target, names, line in _imports(f"tests.{path.stem}", path, modules):
+            wrong += [f"{path.relative_to(REPO)}:{line} imports {target}.{n}" for n in names
+                      if n.startswith("_") and not n.startswith("__")]
+        for target, attr, line in _private_attributes(path, modules):
+            wrong.append(f"{path.relative_to(REPO)}:{line} uses {target}.{attr}")
     assert not wrong, "private names used across packages:\n" + "\n".join(wrong)
+
+
+def test_every_module_has_its_row_in_the_architecture_map():
+    """docs/architecture.md's Modules table names every module of the packages it maps (a package's
+    __init__ by its folder, e.g. `fixtures/`), and no module that is gone."""
+    import re
+
+    text = (REPO / "docs" / "architecture.md").read_text()
+    table = text[text.index("## Modules"):]
+    named = set(re.findall(r"`((?:core|eval|blackbox|bbo|fixtures)/[\w/]*(?:\.py)?)`", table))
+    have = set()
+    for package in DOCUMENTED:
+        for path in (REPO / package).rglob("*.py"):
+            body = ast.parse(path.read_text()).body
+            if path.name == "__init__.py" and all(isinstance(n, ast.Expr) for n in body):
+                continue  # a package marker (at most a docstring): nothing to map
+            rel = path.relative_to(REPO).as_posix()
+            have.add(rel[: -len("__init__.py")] if path.name == "__init__.py" else rel)
+    missing = sorted(m for m in have if m not in named and not (m.endswith("/") and m[:-1] in named))
+    gone = sorted(m for m in named if m.endswith(".py") and m not in have)
+    assert not missing, "modules without a row in docs/architecture.md's Modules table: " + ", ".join(missing)
+    assert not gone, "rows of modules that do not exist: " + ", ".join(gone)
 
 
 def test_the_checker_sees_what_it_forbids(tmp_path):
