@@ -51,6 +51,11 @@ def test_fault_becomes_a_failed_point(experiment, fault, kind, words):
     assert words.lower() in status["reason"].lower()
     assert status["log_tail"]  # the end of the training log comes with the failure
     assert not (only_run(experiment) / "metrics.json").exists()
+    log = (only_run(experiment) / "train.log").read_text()
+    if "@" in fault:  # a fault at a step: training ran up to it (a run that never started cannot pass)
+        assert "'loss'" in log
+    else:  # a fault after training: it trained all its steps first
+        assert "'train_runtime'" in log
     if kind == "diverged":  # stopped at once, not after the remaining steps
         step = int(status["reason"].rsplit("step", 1)[1])
         assert step <= 3
