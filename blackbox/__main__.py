@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from core.config import ConfigError, env_overrides, load_config
+from core.failures import Interrupted
 from core.nomadtext import point_lines
 from core.preflight import check_inputs
 from core.procs import on_death_of
@@ -121,6 +122,10 @@ def main(argv=None) -> int:
     except ConfigError as e:  # a check before training (hub access, GPUs): nothing was trained
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted:  # the search was stopped while we trained: the next run finishes these points
+        print("interrupted: the search was stopped; the points in training are evaluated again by its next run",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     for outcome in outcomes:
         print(outcome.line(), flush=True)
         if args.verbose or not args.pointfile:

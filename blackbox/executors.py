@@ -20,9 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-from blackbox.work import kill_children, tail_of, work
+from blackbox.work import begin_stop, kill_children, stopping, tail_of, work
 from core.config import ExperimentConfig
-from core.failures import EvalFailure, Kind
+from core.failures import EvalFailure, Interrupted, Kind
 from core.store import read_json, write_json
 
 SLURM_FILE = "slurm.json"
@@ -125,6 +125,8 @@ class SlurmExecutor:
         finally:
             with _jobs_lock:
                 _jobs.discard(str(job.job_id))
+        if stopping():  # the search was stopped and cancelled this job: nothing to say about the point
+            raise Interrupted()
         if outcome == "success":
             node = result.get("node") or node
         state = (state or "UNKNOWN").split()[0]
@@ -234,6 +236,7 @@ def executor_for(config: ExperimentConfig):
 
 def stop_all() -> None:
     """The blackbox is stopped (SIGTERM/SIGINT, or its search died): cancel its Slurm jobs, kill its children."""
+    begin_stop()  # the jobs cancelled here end as interrupted, not as failed points
     with _jobs_lock:
         jobs = list(_jobs)
     for job_id in jobs:

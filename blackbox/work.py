@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.config import ROUGE_METRICS, ExperimentConfig
-from core.failures import EvalFailure, Kind, kind_of, reported_error, shows_oom
+from core.failures import EvalFailure, Interrupted, Kind, kind_of, reported_error, shows_oom
 from core.procs import REPO_ROOT, checkout_env
 from core.progress import PROGRESS_FILE, read_progress
 from core.store import read_json, write_json
@@ -27,6 +27,7 @@ TRAIN_SCRIPT = REPO_ROOT / "blackbox" / "train.py"
 
 _children: set[subprocess.Popen] = set()  # live child process groups, killed on SIGTERM/SIGINT
 _children_lock = threading.Lock()
+_stopping = threading.Event()  # set before the children are killed: a child that ends now was ended by us
 
 
 def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dict:
@@ -211,7 +212,10 @@ def _run_logged(cmd: list[str], log_path: Path, gpus, deadline) -> int:
             _children.add(proc)
         try:
             remaining = None if deadline is None else max(0.0, deadline - time.time())
-            return proc.wait(timeout=remaining)
+            rc = proc.wait(timeout=remaining)
+            if _stopping.is_set():  # killed because the blackbox is being stopped (another thread may be
+                raise Interrupted()  # the one stopping it): not a failure of the point
+            return rc
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             raise EvalFailure(Kind.TIMEOUT, "evaluation exceeded launch.timeout_minutes; process group killed",
@@ -237,8 +241,18 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
+def begin_stop() -> None:
+    """From now on a child or a job that ends was ended by the blackbox's stop (Interrupted), not by itself."""
+    _stopping.set()
+
+
+def stopping() -> bool:
+    return _stopping.is_set()
+
+
 def kill_children() -> None:
     """Called on SIGTERM/SIGINT: no training keeps running after the blackbox is gone."""
+    begin_stop()
     with _children_lock:
         procs = list(_children)
     for proc in procs:

@@ -102,6 +102,13 @@ class EvalFailure(Exception):
         self.kind, self.log_tail = Kind(kind), log_tail
 
 
+class Interrupted(BaseException):
+    """The evaluation was ended because its search was stopped, killed or cancelled: the child that just
+    ended was ended by that, which says nothing about the point. A BaseException (like KeyboardInterrupt),
+    so that no handler records it as a failure: the run folder stays `running`, and the next run of the
+    search sets it aside and evaluates the point again."""
+
+
 # ---------------------------------------------------------------- which error is reported
 
 # Most telling first: when several processes fail, the first found here is reported (an OOM on rank 2

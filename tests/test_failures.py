@@ -107,6 +107,26 @@ def test_killed_blackbox_leaves_an_incomplete_run_that_is_redone(experiment):
     assert list((experiment / "runs" / "_incomplete").iterdir())  # the dead attempt is kept aside
 
 
+def test_a_training_ended_because_its_search_died_is_interrupted_not_failed(experiment):
+    """The search's driver dies (SIGKILL) while a point trains: the blackbox's watcher thread kills the
+    training, and the thread that waited for it must not take that ending for a failure of the point."""
+    driver = subprocess.Popen(["sleep", "600"])  # stands in for `bbo run`: BBO_DRIVER_PID is watched
+    env = dict(os.environ, BBO_FAULT="hang@2", BBO_DRIVER_PID=str(driver.pid))
+    proc = subprocess.Popen([sys.executable, "-m", "blackbox", "--experiment", str(experiment), "--rank", "4",
+                             "--lr", "1e-3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and "'loss'" not in _read(experiment, "train.log"):
+        time.sleep(0.5)
+    driver.kill()
+    driver.wait()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "FAILED" not in out
+    run_dir = only_run(experiment)
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "running"  # the next run redoes it
+    assert not (experiment / "evaluations.jsonl").exists()  # no answer recorded, failed or not
+    assert processes_mentioning(str(run_dir)) == []
+
+
 def _read(experiment, name):
     runs = experiment / "runs"
     if not runs.exists():
