@@ -65,7 +65,7 @@ def run_search(experiment: str | Path, overrides: list[str] | tuple[str, ...] = 
     """Check everything, then run NOMAD to the experiment's budget (resuming), then the finalists' MMLU
     and the confirmation runs the experiment asks for. Raises ConfigError before anything trains."""
     from bbo import paramfile
-    from core.nomadtext import CACHE_FILE, NOMAD_DIR, drop_failed, drop_points
+    from core.nomadtext import CACHE_FILE, NOMAD_DIR, drop_failed
     from core.preflight import GPU_SLOTS_ENV, check_before_training
     from core.procs import checkout_env, die_with_parent
 
