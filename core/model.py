@@ -129,11 +129,14 @@ def load_base(model_spec: dict, dtype, gradient_checkpointing: bool = False):
     return model
 
 
+def weights_dtype(name: str, quantization: str | None, device: str = "auto"):
+    """The dtype a run computes in: half precision for a 4-bit base, else model.dtype (auto from torch)."""
+    return half_dtype() if quantization else resolve_dtype(name, device)
+
+
 def run_dtype(spec: dict):
-    """The weights' dtype of a run: half-precision compute for a 4-bit base, else model.dtype (auto from torch)."""
-    if spec["model"].get("quantization"):
-        return half_dtype()
-    return resolve_dtype(spec["model"]["dtype"])
+    """The weights' dtype of a run (spec.json's "model")."""
+    return weights_dtype(spec["model"]["dtype"], spec["model"].get("quantization"))
 
 
 def load_adapter(model, folder: str | Path, dtype):

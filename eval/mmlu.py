@@ -41,8 +41,8 @@ import tempfile
 from pathlib import Path
 
 from core.objective import MMLU_TASKS, MmluConfig
-from core.model import (add_loading_arguments, cast_lora, half_dtype, load_adapter, load_model, load_tokenizer,
-                        resolve_device, resolve_dtype)
+from core.model import (add_loading_arguments, cast_lora, load_adapter, load_model, load_tokenizer, resolve_device,
+                        weights_dtype)
 
 TEMPLATE = Path(__file__).resolve().parent / "tasks" / "mmlu_local" / "_mmlu_local_template_yaml"
 _SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -111,7 +111,7 @@ def language_model(model_path: str, adapter_path: str | None, *, dtype: str = "a
     from lm_eval.api.registry import get_model
 
     device = resolve_device(device)
-    torch_dtype = half_dtype() if quantization else resolve_dtype(dtype, device)
+    torch_dtype = weights_dtype(dtype, quantization, device)
     if quantization:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("a 4-bit base is scored in one process: run python -m eval.mmlu without "

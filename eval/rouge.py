@@ -29,8 +29,8 @@ from pathlib import Path
 
 from core.config import ROUGE_METRICS, VALIDATION_SPLIT, ConfigError, GenerationConfig
 from core.data import FORMATS, TEMPLATES, build_split, format_prompt, load_source
-from core.model import (add_loading_arguments, half_dtype, load_adapter, load_base, load_tokenizer,
-                        resolve_device, resolve_dtype)
+from core.model import (add_loading_arguments, load_adapter, load_base, load_tokenizer, resolve_device,
+                        weights_dtype)
 
 GREEDY = {"do_sample": False, "num_beams": 1}
 
@@ -100,7 +100,7 @@ def evaluate_rouge(model_spec: dict, adapter_path: str | None, records: list[dic
     tokenizer = load_tokenizer(model_spec["path"], model_spec["revision"], model_spec["trust_remote_code"])
     quantized = model_spec.get("quantization")
     # the dtype training used (core/model.py run_dtype), for the device generation runs on
-    dtype = half_dtype() if quantized else resolve_dtype(model_spec["dtype"], device)
+    dtype = weights_dtype(model_spec["dtype"], quantized, device)
     model = load_base(model_spec, dtype)  # on this process's GPU while loading, when there is one
     if adapter_path:
         model = load_adapter(model, adapter_path, dtype)  # LoRA computed in that dtype, not peft's fp32
