@@ -6,12 +6,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
 import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,14 +96,31 @@ SEARCH = {"train": {"max_steps": 3, "logging_steps": 1},
           "nomad": {"budget": 3, "seed": 0}}
 
 
+def shared_root(tmp_path_factory, worker_id: str) -> Path:
+    """A folder every pytest-xdist worker of this session sees (the session's own temp folder without xdist)."""
+    root = tmp_path_factory.getbasetemp()
+    return root if worker_id == "master" else root.parent
+
+
 @pytest.fixture(scope="session")
-def searched(tmp_path_factory, assets):
-    """A finished demo search of 3 points (SEARCH's settings), run once per pytest session with `bbo run`:
-    (its experiment folder, that command's CompletedProcess). Tests that change it take `searched_copy`."""
-    experiment = make_experiment(tmp_path_factory.mktemp("searched"), assets, **SEARCH)
-    proc = run_module("bbo", "run", experiment)
+def searched(tmp_path_factory, worker_id, assets):
+    """A finished demo search of 3 points (SEARCH's settings), run once per pytest session with `bbo run`
+    (the first xdist worker to ask runs it, the others wait and take it): (its experiment folder, that
+    command's CompletedProcess). Tests that change it take `searched_copy`."""
+    root = shared_root(tmp_path_factory, worker_id) / "searched"
+    root.mkdir(exist_ok=True)
+    record = root / "bbo-run.json"
+    with FileLock(str(root / ".lock")):
+        if not record.exists():
+            experiment = make_experiment(root, assets, **SEARCH)
+            proc = run_module("bbo", "run", experiment)
+            record.write_text(json.dumps({"experiment": str(experiment), "args": proc.args,
+                                          "returncode": proc.returncode, "stdout": proc.stdout,
+                                          "stderr": proc.stderr}))
+    saved = json.loads(record.read_text())
+    proc = subprocess.CompletedProcess(saved["args"], saved["returncode"], saved["stdout"], saved["stderr"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return experiment, proc
+    return Path(saved["experiment"]), proc
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import make_experiment
+from conftest import SEARCH, make_experiment
 
 
 def ok_runs(experiment):
@@ -28,13 +28,10 @@ def processes_mentioning(text):
     return [line for line in out.splitlines() if text in line and "ps -eo" not in line]
 
 
-def test_sigkill_of_the_driver_then_rerun_ends_like_an_uninterrupted_search(tmp_path, assets):
-    settings = dict(train={"max_steps": 6, "logging_steps": 1},
-                    objective={"metric": "val_loss", "extra_outputs": []}, nomad={"budget": 4, "seed": 0})
-    reference = make_experiment(tmp_path / "reference", assets, **settings)
-    crashed = make_experiment(tmp_path / "crashed", assets, **settings)
+def test_sigkill_of_the_driver_then_rerun_ends_like_an_uninterrupted_search(tmp_path, assets, searched):
+    reference, _ = searched  # the same search (SEARCH's settings), never interrupted
+    crashed = make_experiment(tmp_path / "crashed", assets, **SEARCH)
     command = [sys.executable, "-m", "bbo", "run"]
-    assert subprocess.run(command + [str(reference)], capture_output=True, timeout=600).returncode == 0
 
     driver = subprocess.Popen(command + [str(crashed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     index = crashed / "evaluations.jsonl"

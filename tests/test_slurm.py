@@ -15,13 +15,12 @@ import time
 import pytest
 
 from bbo.results import load_runs
-from conftest import REPO, make_experiment
+from conftest import REPO, SEARCH, make_experiment
 from conftest import run_module as run
 
 pytestmark = pytest.mark.slurm
 
-FAST = dict(train={"max_steps": 3, "logging_steps": 1},
-            objective={"metric": "val_loss", "extra_outputs": ["train_loss"]}, nomad={"budget": 3, "seed": 0})
+FAST = SEARCH  # the session's search (conftest.searched) is the local answer to compare with
 ON_SLURM = dict(launch={"executor": "slurm", "parallel": 2, "device": "cpu"},
                 slurm={"poll_seconds": 1, "time_minutes": 10})
 
@@ -74,7 +73,7 @@ def wait_for(predicate, seconds=120):
     return False
 
 
-def test_a_search_on_slurm_runs_every_evaluation_as_a_job_with_the_local_answers(tmp_path, assets):
+def test_a_search_on_slurm_runs_every_evaluation_as_a_job_with_the_local_answers(tmp_path, assets, searched):
     on_slurm = make_experiment(tmp_path / "slurm", assets, **FAST, **ON_SLURM)
     proc = run("bbo", "run", str(on_slurm))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -87,9 +86,7 @@ def test_a_search_on_slurm_runs_every_evaluation_as_a_job_with_the_local_answers
     assert run("bbo", "results", str(on_slurm), "--csv", str(tmp_path / "t.csv")).returncode == 0
     assert "slurm_job,slurm_node,slurm_state" in (tmp_path / "t.csv").read_text().splitlines()[0]
 
-    local = make_experiment(tmp_path / "local", assets, **FAST, launch={"device": "cpu"})
-    proc = run("bbo", "run", str(local))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    local, _ = searched  # the same search (FAST is the session search's settings), run here
     here = load_runs(local).set_index("run_id")["objective"]
     there = df.set_index("run_id")["objective"]
     assert sorted(here.index) == sorted(there.index)  # the same points (the executor is not in the run id)
@@ -123,7 +120,8 @@ def test_killing_the_search_cancels_its_jobs_and_a_rerun_trains_the_point_again(
     search.send_signal(signal.SIGTERM)
     search.wait(timeout=60)
     assert wait_for(lambda: not our_jobs(), 60), f"jobs left behind: {our_jobs()}"
-    assert wait_for(lambda: all(finished_jobs().get(j, "").startswith("CANCELLED") for j in jobs), 60)
+    assert wait_for(lambda: all(finished_jobs().get(j, "").startswith("CANCELLED") for j in jobs), 120), (
+        jobs, finished_jobs())
 
     proc = run("bbo", "run", str(experiment), "nomad.budget=1")  # resumes: X0 was cut off, it is trained again
     assert proc.returncode == 0, proc.stderr[-3000:]
