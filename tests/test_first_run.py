@@ -114,31 +114,29 @@ def test_a_fake_nvidia_smi_does_not_make_gpus(tmp_path, assets):
 
 # ---------------------------------------------------------------- fail fast, resume cleanly
 
-def test_search_whose_first_three_points_time_out_stops_then_retry_failed_trains_them(tmp_path, assets):
-    experiment = make_experiment(tmp_path, assets, **FAST, nomad={"budget": 1, "seed": 0})
-    first = bbo("run", experiment)  # X0 trains fine
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert [e["state"] for e in entries(experiment)] == ["ok"]
+def test_search_whose_first_three_points_time_out_stops_then_retry_failed_trains_them(searched_copy):
+    experiment = searched_copy  # a search whose 3 points trained fine
+    assert [e["state"] for e in entries(experiment)] == ["ok"] * 3
 
     # Every training now hangs (as with a lost file system): each point runs into the timeout.
     env = dict(os.environ, BBO_FAULT="hang@1")
-    stopped = bbo("run", experiment, "nomad.budget=6", "launch.timeout_minutes=0.12", env=env)
+    stopped = bbo("run", experiment, "nomad.budget=8", "launch.timeout_minutes=0.12", env=env)
     assert stopped.returncode != 0
-    failed = [e for e in entries(experiment)[1:]]
+    failed = [e for e in entries(experiment)[3:]]
     assert len(failed) == 3 and {e["state"] for e in failed} == {"failed"}  # the other 2 of the budget unspent
     assert {e["error_kind"] for e in failed} == {"timeout"}
     assert "the first 3 evaluations all failed with timeout" in stopped.stderr
     assert "launch.timeout_minutes" in stopped.stderr and "--retry-failed" in stopped.stderr
 
-    retried = bbo("run", experiment, "nomad.budget=4", "--retry-failed")
+    retried = bbo("run", experiment, "nomad.budget=6", "--retry-failed")
     assert retried.returncode == 0, retried.stderr[-3000:]
     assert "removed from NOMAD's cache" in retried.stderr
     statuses = {name: json.loads((experiment / "runs" / name / "status.json").read_text())
                 for name in run_folders(experiment)}
     retrained = [s for s in statuses.values() if s.get("attempt", 1) >= 2]
     assert retrained and all(s["state"] == "ok" for s in retrained)  # failed points trained again, now ok
-    # a resumed search does not count failed points against the budget: 4 successful evaluations
-    assert sum(s["state"] == "ok" for s in statuses.values()) >= 4
+    # a resumed search does not count failed points against the budget: 6 successful evaluations
+    assert sum(s["state"] == "ok" for s in statuses.values()) >= 6
 
 
 def test_oom_on_another_rank_is_oom(tmp_path, assets):
