@@ -19,29 +19,31 @@ def status(experiment):
                           timeout=120)
 
 
-def test_status_of_a_finished_search(tmp_path, assets):
-    experiment = make_experiment(tmp_path, assets, train={"max_steps": 2, "logging_steps": 1},
-                                 objective={"metric": "val_loss", "extra_outputs": []}, nomad={"budget": 5})
+def test_status_of_a_finished_search(searched_copy, tmp_path):
+    experiment = searched_copy  # 3 ok points, and now a budget of 7
+    config = experiment / "experiment.yaml"
+    config.write_text(config.read_text().replace("budget: 3", "budget: 7"))
     points = tmp_path / "points.txt"
-    points.write_text("2 1 1 -3\n2 2 1 -3\n2 1 1 -2\n")  # the third (lr 0.01) cannot load its model
+    points.write_text("2 1 1 -2\n")  # rank 4, lr 0.01: cannot load its model
     env = dict(os.environ, BBO_FAULT="load_model,match=-lr0.01-")
     proc = subprocess.run([sys.executable, "-m", "blackbox", "--experiment", str(experiment), str(points)],
                           capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1 and proc.stdout.strip() == "FAILED", proc.stderr[-3000:]  # its only point failed
     objectives = {}
     for run in (experiment / "runs").iterdir():
         metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else None
         if metrics:
             objectives[run.name] = metrics["objective"]
+    assert len(objectives) == 3
     best = min(objectives, key=objectives.get)
 
     shown = status(experiment)
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout
-    assert "3 run folders: 2 ok, 0 running, 1 failed, 0 pruned" in text
+    assert "4 run folders: 3 ok, 0 running, 1 failed, 0 pruned" in text
     assert f"{objectives[best]:.6g} at rank=4" in text and best in text
-    assert "budget: 2 of 5 used, 3 left" in text
-    assert re.search(r"search ETA: \S+ \(3 left x mean evaluation \S+ / 1 at a time\)", text)
+    assert "budget: 3 of 7 used, 4 left" in text
+    assert re.search(r"search ETA: \S+ \(4 left x mean evaluation \S+ / 1 at a time\)", text)
     assert "running:" not in text
 
     missing = status(tmp_path / "nowhere")
