@@ -176,18 +176,27 @@ def format_prompt(record: dict, template: str) -> str:
 
 def tokenize(record: dict, tokenizer, template: str, max_length: int, chat_template: str | None = None) -> dict | None:
     """[bos] prompt response [eos], labels only on the response (and eos); None if nothing is left to learn.
+    bos only where the tokenizer adds one itself (bos_ids).
     A conversation (format messages) goes to tokenize_chat: labels only on its assistant turns."""
     if "messages" in record:
         return tokenize_chat(record, tokenizer, chat_template, max_length)
     prompt_ids = tokenizer(format_prompt(record, template), add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = bos_ids(tokenizer)
     input_ids = (bos + prompt_ids + response_ids + [tokenizer.eos_token_id])[:max_length]
     n_prompt = len(bos) + len(prompt_ids)
     labels = [IGNORE_INDEX] * min(n_prompt, len(input_ids)) + input_ids[n_prompt:]
     if all(label == IGNORE_INDEX for label in labels):
         return None
     return {"input_ids": input_ids, "labels": labels}
+
+
+def bos_ids(tokenizer) -> list[int]:
+    """[bos] if the tokenizer itself starts a text with it (LLaMA's and the demo's <s>), else []: a
+    GPT-2-style BPE such as SmolLM2's has bos_token <|im_start|> but never adds it (only its chat
+    template writes it), so a prompt is trained on as the tokenizer encodes it at inference."""
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else []
 
 
 def render_chat(messages: list[dict], tokenizer, chat_template: str | None = None) -> tuple[str, list[tuple[int, int]]]:

@@ -28,7 +28,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from core.config import ROUGE_METRICS, VALIDATION_SPLIT, ConfigError, GenerationConfig
-from core.data import FORMATS, TEMPLATES, build_split, format_prompt, load_source
+from core.data import FORMATS, TEMPLATES, bos_ids, build_split, format_prompt, load_source
 from core.model import (add_loading_arguments, load_adapter, load_base, load_tokenizer, resolve_device,
                         weights_dtype)
 
@@ -65,7 +65,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     import torch
 
     device = next(model.parameters()).device
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = bos_ids(tokenizer)  # as training prepended it (core/data.py)
     pad = tokenizer.pad_token_id
     was_training = model.training
     model.eval()
