@@ -3,10 +3,12 @@
     python -m bbo status experiments/demo [key=value ...]     # the same overrides as `bbo run`
 
 Counts (ok, running, failed, pruned, interrupted), the best point so far, each running evaluation's
-progress (its progress.json: step/max, loss, ETA), the budget used and left, and an ETA for the search:
+progress (its progress.json: step/max, loss, ETA), the budget used (core.store.budget_use, the count the
+blackbox stops a plain `nomad` at; more than the budget comes with why) and left, and an ETA for the search:
 evaluations left x mean evaluation time / launch.parallel. A run folder in state "running" is running
 while a process holds its lock (core/store.py); with the lock free its process died ("interrupted":
-the next search trains it again). Reads files only: cheap enough to run in a loop (`watch -n 10 ...`).
+the next search trains it again). Reads files only (the model and data files hashed as for run ids):
+cheap enough to run in a loop (`watch -n 10 ...`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from core.config import ExperimentConfig, objective_label
 from core.progress import describe, duration, read_progress
-from core.store import RunStore, State, read_json
+from core.store import RunStore, State, budget_use, read_json
 
 SHOWN = (State.OK, State.RUNNING, State.FAILED, State.PRUNED)  # counted even when 0; INTERRUPTED only when some
 
@@ -40,6 +42,8 @@ class SearchStatus:
     parallel: int = 1
     count_failed: bool = False
     metric: str = "val_loss"
+    used: int = 0  # evaluations that count against nomad.budget (core.store.budget_use says which)
+    by_hand: int = 0  # finished runs only ever asked by hand: not counted
 
     def of(self, state: str) -> list[Run]:
         return [r for r in self.runs if r.state == state and not r.confirms]
@@ -48,13 +52,6 @@ class SearchStatus:
     def best(self) -> Run | None:
         ok = [r for r in self.of(State.OK) if r.objective is not None]
         return min(ok, key=lambda r: r.objective) if ok else None
-
-    @property
-    def used(self) -> int:
-        """Evaluations that count against nomad.budget, as NOMAD counts its cache: successes (and the
-        failures too with nomad.count_failed)."""
-        counted = [State.OK, State.PRUNED] + ([State.FAILED] if self.count_failed else [])
-        return sum(len(self.of(state)) for state in counted)
 
     @property
     def left(self) -> int:
@@ -78,6 +75,8 @@ def search_status(config: ExperimentConfig) -> SearchStatus:
                           count_failed=config.nomad.count_failed, metric=config.objective.metric)
     for rid in store.run_ids():
         status.runs.append(_run(store, rid))
+    use = budget_use(config.dir, config.fingerprint(), config.nomad.count_failed)
+    status.used, status.by_hand = use.used, use.by_hand
     return status
 
 
@@ -106,6 +105,21 @@ def point_text(hp: dict) -> str:
     return f"rank={hp.get('rank')} alpha={hp.get('alpha', 0):g} dropout={hp.get('dropout', 0):g} lr={hp.get('lr', 0):.3g}"
 
 
+def budget_text(status: SearchStatus) -> str:
+    """The budget line; more used than the budget comes with the reasons it can have."""
+    text = f"budget: {status.used} of {status.budget} used, {status.left} left"
+    if status.count_failed:
+        text += " (failed ones count: nomad.count_failed)"
+    beyond = status.used - status.budget
+    if beyond > 0:
+        text += (f" ({beyond} beyond it: trained by a search that spent a budget of its own "
+                 "(`python -m bbo.nomad --no-resume`, `BBO_EXTEND=1 nomad param.txt`, or a rerun from before "
+                 "reruns resumed), or nomad.budget was lowered since)")
+    if status.by_hand:
+        text += f"; {status.by_hand} more evaluated by hand, not counted"
+    return text
+
+
 def status_text(status: SearchStatus) -> str:
     counts = {state: len(status.of(state)) for state in (*SHOWN, State.INTERRUPTED)}
     lines = [f"{status.name}: {sum(counts.values())} run folders: " + ", ".join(
@@ -124,8 +138,7 @@ def status_text(status: SearchStatus) -> str:
             progress = describe(run.progress) if run.progress else "starting (no training step yet)"
             lines.append(f"running: {point_text(run.hp)}: {progress} ({run.run_id})")
     mean = status.mean_seconds
-    lines.append(f"budget: {status.used} of {status.budget} used, {status.left} left"
-                 + (f" (failed ones count: nomad.count_failed)" if status.count_failed else ""))
+    lines.append(budget_text(status))
     if status.left == 0:
         lines.append("search ETA: budget spent")
     elif mean is None:

@@ -29,6 +29,7 @@ import shutil
 import socket
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -212,6 +213,45 @@ class RunStore:
         if not self.root.exists():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+@dataclass
+class BudgetUse:
+    used: int  # finished runs that count against nomad.budget
+    by_hand: int  # finished runs of points only ever asked by hand: not counted
+
+
+def budget_use(experiment_dir: str | Path, fingerprint: dict, count_failed: bool = False) -> BudgetUse:
+    """How much of nomad.budget the experiment has used: one count for `bbo status` and the blackbox's
+    refusal under a plain `nomad` (blackbox/blocks.py), the same that NOMAD's cache gives a resumed search.
+
+    Counted: run folders finished ok or pruned (failed too with nomad.count_failed) of this fingerprint
+    (ExperimentConfig.fingerprint(): runs of other settings belong to another problem) and of points a search
+    asked (a point file, as NOMAD asks: an answer in evaluations.jsonl whose source is not "hand"; a folder
+    with no answer recorded counts too). Not counted: points only ever asked by hand (`python -m blackbox
+    --rank ...`: NOMAD never saw them), confirmation runs (`bbo confirm`), running or interrupted runs, and
+    the points a stopped search answered without training (no folder). The finalists' MMLU adds no folder.
+    """
+    store = RunStore(experiment_dir)
+    sources: dict[str, set] = {}
+    for entry in store.evaluations():
+        sources.setdefault(entry.get("run_id"), set()).add(entry.get("source"))
+    states = {State.OK, State.PRUNED} | ({State.FAILED} if count_failed else set())
+    use = BudgetUse(0, 0)
+    for rid in store.run_ids():
+        done = store.finished(rid)
+        if not done or done["state"] not in states:
+            continue
+        params = read_json(store.run_dir(rid) / "params.json") or {}
+        if params.get("confirms") or not isinstance(params.get("hp"), dict):
+            continue
+        if run_id(params["hp"], fingerprint) != rid:  # another problem's run (other settings, data, model)
+            continue
+        if sources.get(rid) == {"hand"}:
+            use.by_hand += 1
+        else:
+            use.used += 1
+    return use
 
 
 def _parse_lines(text: str) -> list[dict]:
