@@ -1,7 +1,8 @@
 """NOMAD's batch mode, as the `nomad` executable runs it, for a parameter file of this project.
 
-    python -m bbo.nomad experiments/demo/param.txt
-    python -m bbo.nomad --experiment experiments/demo --resume     # what `python -m bbo run` starts
+    python -m bbo.nomad experiments/demo/param.txt                 # resumes to MAX_BB_EVAL, as `bbo run` does
+    python -m bbo.nomad experiments/demo/param.txt --no-resume     # MAX_BB_EVAL anew, as `nomad param.txt`
+    python -m bbo.nomad --experiment experiments/demo              # what `python -m bbo run` starts
 
 PyNomadBBO ships no `nomad` binary; `PyNomad.optimizeWithMainStep` is its batch
 mode and, with PROBLEM_DIR set to the parameter file's folder, behaves like
@@ -9,10 +10,16 @@ mode and, with PROBLEM_DIR set to the parameter file's folder, behaves like
 When an experiment.yaml sits beside the file, the two must agree. With
 --experiment the lines are rendered from experiment.yaml plus the overrides in
 BBO_OVERRIDES (the blackbox reads the same variable, so both see one config).
---resume makes MAX_BB_EVAL count the successful evaluations already in CACHE_FILE
-(the failed ones too with nomad.count_failed), so a search stopped half-way and
-started again ends where an unstopped one would, and a search stopped by a cause
-that was then fixed does not lose its budget to the failures.
+
+Resuming is the default (--resume, kept for old command lines): MAX_BB_EVAL counts the
+successful evaluations already in CACHE_FILE (the failed ones too with nomad.count_failed),
+so a rerun never spends a second budget, a search stopped half-way and started again ends
+where an unstopped one would, and a search stopped by a cause that was then fixed does not
+lose its budget to the failures. --no-resume spends MAX_BB_EVAL anew, as the `nomad`
+binary does: its cache makes old points free, so it trains up to MAX_BB_EVAL new points
+(the way to go past the budget on purpose). Under the binary itself the blackbox refuses
+new trainings past nomad.budget (blackbox/blocks.py); the points it refused are taken out
+of the cache here (forget_refused), so that NOMAD asks them again once budget is left.
 
 No budget is left unused: on an all-integer (granular) space NOMAD stops as soon as its mesh cannot
 be refined, often well before MAX_BB_EVAL. Then NOMAD starts again (`restart_lines`): from the best
@@ -34,9 +41,9 @@ from pathlib import Path
 
 from bbo.paramfile import check, render, write_start_points
 from core.config import ConfigError, env_overrides, load_config
-from core.failures import read_stop
-from core.nomadtext import (FAILED, KEEP_FILE, NOMAD_DIR, X0_PREFIX, number, param_line, param_lines, parse_params,
-                            point_file, read_cache, tokens)
+from core.failures import read_stop, refused_file
+from core.nomadtext import (CACHE_FILE, FAILED, KEEP_FILE, NOMAD_DIR, X0_PREFIX, drop_points, number, param_line,
+                            param_lines, parse_params, point_file, point_lines, read_cache, tokens)
 from core.space import latin_hypercube
 
 MAX_RESTARTS = 50
@@ -45,9 +52,10 @@ RESTART_X0 = "restart-x0.txt"  # a new start's X0 file (the best point and seede
 OTHER_STOPS = ("MAX_TIME", "MAX_ITERATIONS", "MAX_EVAL", "STOP_IF_FEASIBLE")  # the user's own stop: no restart
 
 
-def prepare_lines(text: str, folder: Path, resume: bool = False, where: str = "param.txt",
+def prepare_lines(text: str, folder: Path, resume: bool = True, where: str = "param.txt",
                   count_failed: bool = False) -> list[str] | None:
-    """The parameter lines to hand NOMAD; None when --resume finds the budget already spent."""
+    """The parameter lines to hand NOMAD; None when resuming finds the budget already spent
+    (resume=False: MAX_BB_EVAL as written, what the `nomad` binary does)."""
     entries = parse_params(text, where)
     if "BB_EXE" not in entries:
         raise ConfigError(f"{where}: BB_EXE is missing")
@@ -179,11 +187,32 @@ def rotate_stale_nomad_files(config) -> None:
     stamp.write_text(signature + "\n")
 
 
+def forget_refused(config) -> int:
+    """Take the points a plain `nomad` was refused for the budget (core.failures.refused_file) out of NOMAD's
+    cache, which holds them as failed though nothing ran: NOMAD asks them again when budget is left, as
+    it would have without the refusal. Returns how many were removed."""
+    path = refused_file(config.dir)
+    if not path.exists():
+        return 0
+    refused = [[float(number(v)) for v in p] for p in point_lines(path.read_text())]
+
+    def same(x, p):
+        return len(x) == len(p) and all(abs(float(a) - b) <= 1e-9 * max(1.0, abs(b)) for a, b in zip(x, p))
+
+    cache = config.dir / CACHE_FILE
+    failed = [c["x"] for c in read_cache(cache) if c["status"] in FAILED and any(same(c["x"], p) for p in refused)]
+    dropped = drop_points(cache, failed)
+    path.unlink()
+    return dropped
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bbo.nomad", description="NOMAD 4 batch mode on a parameter file")
     p.add_argument("param_file", nargs="?")
     p.add_argument("--experiment", help="render the parameters from this experiment's config instead")
-    p.add_argument("--resume", action="store_true", help="count evaluations already in CACHE_FILE in the budget")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="count the evaluations already in CACHE_FILE against MAX_BB_EVAL (the default); "
+                        "--no-resume: MAX_BB_EVAL new evaluations, as the `nomad` binary does")
     args = p.parse_args(argv)
     config = None
     try:
@@ -191,6 +220,7 @@ def main(argv=None) -> int:
             config = load_config(args.experiment, env_overrides())
             folder, text, where = config.dir, render(config), f"{config.dir}/experiment.yaml"
             rotate_stale_nomad_files(config)
+            forget_refused(config)
             write_start_points(config)
         elif args.param_file:
             path = Path(args.param_file)
@@ -201,6 +231,7 @@ def main(argv=None) -> int:
                 config = load_config(folder, env_overrides())
                 check(config, path)
                 rotate_stale_nomad_files(config)
+                forget_refused(config)
         else:
             raise ConfigError("give a parameter file or --experiment DIR")
         lines = prepare_lines(text, folder, args.resume, where, count_failed=bool(config and config.nomad.count_failed))

@@ -12,6 +12,11 @@
 stdout gets one line per point, the outputs in BB_OUTPUT_TYPE order (objective
 first), or FAILED for a point whose evaluation failed. Exit status: 0 if at least
 one point was evaluated, 1 if every point failed, 2 for bad input (nothing is run).
+
+Run by a plain `nomad` binary (no `bbo run` or `python -m bbo.nomad` around it: no BBO_SEARCH_ID), a
+point file trains no new point past nomad.budget: those are answered FAILED untrained, with one line
+saying how to raise the budget; --extend (or BBO_EXTEND=1) trains past it. Stored points are answered
+from their folders as always.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import sys
 from pathlib import Path
 
 from core.config import ConfigError, env_overrides, load_config
-from core.failures import Interrupted
+from core.failures import EXTEND_ENV, Interrupted
 from core.nomadtext import point_lines
 from core.preflight import check_inputs
 from core.procs import on_death_of
@@ -72,6 +77,9 @@ def parse_args(argv):
                    help="train again points whose stored run failed (also set by `bbo run --retry-failed`)")
     p.add_argument("--retry-pruned", action="store_true",
                    help="train again points whose stored run was pruned (also set by `bbo run --retry-pruned`)")
+    p.add_argument("--extend", action="store_true",
+                   help="under a plain `nomad`, train past nomad.budget (also BBO_EXTEND=1 in the environment); "
+                        "without it, new points past the budget are answered FAILED untrained")
     p.add_argument("--verbose", "-v", action="store_true", help="print the metrics of each point on stderr")
     return p.parse_args(argv)
 
@@ -115,10 +123,11 @@ def main(argv=None) -> int:
         on_death_of(os.getppid(), orphaned)
     retry_failed = args.retry_failed or os.environ.get("BBO_RETRY_FAILED") == "1"
     retry_pruned = args.retry_pruned or os.environ.get("BBO_RETRY_PRUNED") == "1"
+    extend = args.extend or os.environ.get(EXTEND_ENV) == "1"
     try:
         source = "confirm" if confirms else "nomad" if args.pointfile else "hand"
         outcomes = evaluate_block(config, points, source=source, retry_failed=retry_failed, confirms=confirms,
-                                  retry_pruned=retry_pruned)
+                                  retry_pruned=retry_pruned, extend=extend)
     except ConfigError as e:  # a check before training (hub access, GPUs): nothing was trained
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,7 +5,8 @@ the answer, its run folder's spec and provenance, and one progress line.
 Heavy libraries (torch, transformers) are never imported here: they live in the
 child processes (blackbox/train.py, eval/mmlu.py), so answering an already-evaluated
 point costs a Python start. A NOMAD block's points, several at once over the GPU slots: blackbox/blocks.py.
-A search whose first trainings all fail alike is stopped by the rule in core/failures.py.
+A search whose first trainings all fail alike is stopped by the rule in core/failures.py; a plain `nomad`
+past nomad.budget by blackbox/blocks.py.
 """
 from __future__ import annotations
 
@@ -97,10 +98,14 @@ def point_run_id(config: ExperimentConfig, hp: dict, fingerprint: dict, confirms
 
 
 def stopped_outcome(config: ExperimentConfig, rid: str, hp: dict, search: str) -> Outcome | None:
-    """The answer for a point of a search that was stopped (core/failures.py stop_if_failing), else None."""
+    """The answer for a point of a search that was stopped (core/failures.py stop_if_failing, or a plain
+    `nomad` at nomad.budget: blackbox/blocks.py), else None."""
     stop = read_stop(config.dir, search)
-    if stop is None:
-        return None
+    return None if stop is None else stop_answer(rid, hp, stop)
+
+
+def stop_answer(rid: str, hp: dict, stop: dict) -> Outcome:
+    """FAILED for NOMAD, without training, for a point its stopped search asks (stop: the stop record)."""
     return Outcome(rid, State.FAILED, False, hp, reason=f"search stopped: {stop.get('message')}",
                    error_kind=Kind.STOPPED)
 

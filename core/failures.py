@@ -1,6 +1,6 @@
 """Failures, one owner: the kinds and their fixes, the exception a failed evaluation raises, which of
 several processes' errors is reported, an OOM in a log, and the stop rule of a search whose first
-trainings all fail alike (with its stop file).
+trainings all fail alike (with its stop file), also used to stop a plain `nomad` at nomad.budget.
 
 Training writes its kind in error*.json (blackbox/train.py), the work raises EvalFailure
 (blackbox/work.py, blackbox/executors.py), the blackbox records it as status.json's error_kind and
@@ -13,7 +13,7 @@ import enum
 import time
 from pathlib import Path
 
-from core.nomadtext import NOMAD_DIR
+from core.nomadtext import NOMAD_DIR, point_line
 from core.store import RunStore, State, read_json, write_json
 
 
@@ -35,6 +35,7 @@ class Kind(str, enum.Enum):
     SLURM = "slurm"  # Slurm ended the job or refused it
     ADAPTER = "adapter"  # a finalist's adapter is gone: its full MMLU cannot be measured
     STOPPED = "stopped"  # not evaluated: its search was stopped (the stop rule below); never recorded
+    BUDGET = "budget"  # a stop record's kind: a plain `nomad` asked for trainings past nomad.budget (below)
     EVAL = "eval"  # legacy: an evaluation failed, in runs stored before eval_loss/eval_mmlu/eval_rouge
 
     def __str__(self) -> str:
@@ -42,6 +43,7 @@ class Kind(str, enum.Enum):
 
 
 _RETRY = "then rerun with --retry-failed"
+EXTEND_ENV = "BBO_EXTEND"  # "1": a plain `nomad` trains past nomad.budget (python -m blackbox --extend)
 
 # What to do about each kind, for the one message a stopped or all-failed search ends with.
 FIXES = {
@@ -74,6 +76,10 @@ FIXES = {
                   "comes back only by training its point again",
     Kind.STOPPED: "the search was stopped because its first trainings all failed alike: nomad/stop.json names "
                   f"their kind and its fix; apply it, {_RETRY}",
+    Kind.BUDGET: "to train more, raise nomad.budget (nomad.budget=N in experiment.yaml, or "
+                  "BBO_OVERRIDES='[\"nomad.budget=N\"]') and rerun: `python -m bbo run <experiment>` and "
+                  "`python -m bbo.nomad param.txt` resume to it; or train past it on purpose: "
+                  f"{EXTEND_ENV}=1 nomad param.txt",
     Kind.EVAL: "an evaluation after training failed (validation loss, MMLU or ROUGE; a run stored before these "
                f"were told apart): see train.log, mmlu.log and rouge.log in the run folders, {_RETRY}",
 }
@@ -170,3 +176,27 @@ def stop_if_failing(experiment_dir: str | Path, search: str, n: int) -> dict | N
               "fix": fix_for(kind)}
     write_stop(experiment_dir, record)
     return record
+
+
+# ---------------------------------------------------------------- the budget of a plain `nomad`
+
+def budget_stop(search: str, budget: int, used: int) -> dict:
+    """The stop record of a search run by a plain `nomad` (no driver counts the budget for it) that asks for
+    a training past nomad.budget: the blackbox writes it like the fail-fast one, so that the search's further
+    new points are answered at once, untrained (blackbox/blocks.py)."""
+    return {"search": search, "kind": Kind.BUDGET.value, "time": time.time(),
+            "message": f"nomad.budget={budget} is used ({used} evaluations count against it)",
+            "fix": fix_for(Kind.BUDGET)}
+
+
+def refused_file(experiment_dir: str | Path) -> Path:
+    """The points refused for the budget, one per line: NOMAD's cache holds them as failed, but nothing was
+    run; the next `bbo.nomad` (and so `bbo run`) removes them from the cache, so NOMAD asks them again."""
+    return Path(experiment_dir) / NOMAD_DIR / "refused.txt"
+
+
+def note_refused(experiment_dir: str | Path, points: list[list]) -> None:
+    path = refused_file(experiment_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.writelines(point_line(p) + "\n" for p in points)
