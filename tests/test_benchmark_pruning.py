@@ -15,6 +15,8 @@ sys.path.insert(0, str(REPO))
 from benchmarks import pruning as bench  # noqa: E402
 from core import pruning  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("test_benchmark_pruning")  # its module fixture is made once: one worker
+
 
 @pytest.fixture(scope="module")
 def curves():

@@ -20,6 +20,8 @@ from core import nvidia
 from core.config import load_config
 from core.nvidia import Driver, WheelError, chosen_tag, no_gpu_message, wheel_tag
 
+pytestmark = pytest.mark.xdist_group("test_cuda_setup")  # its module fixture is made once: one worker
+
 FAST = dict(train={"max_steps": 3, "logging_steps": 1}, objective={"metric": "val_loss", "extra_outputs": []})
 DRIVER = Driver(4, "12.4", "550.54.15")
 PIN = nvidia.torch_pin()  # requirements.txt's torch==VERSION

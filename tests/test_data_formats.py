@@ -15,6 +15,8 @@ from core.config import ConfigError, from_dict, load_config
 from core.data import IGNORE_INDEX, DataError, build_split, data_key, render_chat, tokenize
 from core.preflight import PreflightError, check_inputs, has_chat_template
 
+pytestmark = pytest.mark.xdist_group("test_data_formats")  # its module fixture is made once: one worker
+
 TEMPLATE_FILE = REPO / "experiments" / "demo" / "chat_template.jinja"
 CONVERSATION = [{"role": "system", "content": "Answer briefly."},
                 {"role": "user", "content": "Reverse the word.\ncat"},

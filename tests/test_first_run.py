@@ -228,15 +228,17 @@ def test_paramfile_makes_the_nomad_folder_and_rotation_keeps_it(tmp_path, assets
 
 # ---------------------------------------------------------------- QLoRA
 
-def test_4bit_base_trains_on_cpu_with_its_own_run_id(tmp_path, assets):
+def test_4bit_base_trains_on_cpu_with_its_own_run_id(searched_copy):
     """bitsandbytes 0.50 runs NF4 on CPU: the 4-bit path (load, prepare for k-bit training, LoRA) runs here."""
     import bitsandbytes  # noqa: F401 - pinned in requirements.txt
-    experiment = make_experiment(tmp_path, assets, **FAST)
-    plain = blackbox(experiment, "--rank", "4", "--lr", "1e-3")
-    quantized = blackbox(experiment, "--rank", "4", "--lr", "1e-3", "--set", "model.quantization=4bit")
+    experiment = searched_copy  # its 3 points trained on the plain base
+    first = json.loads((experiment / "evaluations.jsonl").read_text().splitlines()[0])
+    point = [f"--{name}={value}" for name, value in first["hp"].items()]
+    plain = blackbox(experiment, *point)
+    quantized = blackbox(experiment, *point, "--set", "model.quantization=4bit")
     assert plain.returncode == 0 and quantized.returncode == 0, quantized.stderr[-2000:]
-    assert "[cached]" not in quantized.stderr and len(run_folders(experiment)) == 2
+    assert "[cached]" in plain.stderr and "[cached]" not in quantized.stderr and len(run_folders(experiment)) == 4
     (run,) = [name for name in run_folders(experiment)
               if json.loads((experiment / "runs" / name / "spec.json").read_text())["model"]["quantization"] == "4bit"]
     metrics = json.loads((experiment / "runs" / run / "metrics.json").read_text())
-    assert math.isfinite(metrics["val_loss"]) and metrics["val_loss"] != float(plain.stdout)
+    assert math.isfinite(metrics["val_loss"]) and metrics["val_loss"] != float(plain.stdout.split()[0])

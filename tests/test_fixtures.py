@@ -23,6 +23,8 @@ import pytest  # noqa: E402
 import fixtures  # noqa: E402
 from fixtures import make_assets  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("test_fixtures")  # its module fixture is made once: one worker
+
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 

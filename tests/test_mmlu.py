@@ -12,6 +12,8 @@ import pytest
 
 from eval import mmlu
 
+pytestmark = pytest.mark.xdist_group("test_mmlu")  # its module fixture is made once: one worker
+
 REPO = Path(__file__).resolve().parents[1]
 
 

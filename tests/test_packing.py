@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+pytestmark = pytest.mark.xdist_group("test_packing")  # its module fixture is made once: one worker
+
 
 @pytest.fixture(scope="module")
 def model_and_data(assets):

@@ -19,6 +19,8 @@ from conftest import REPO, run_dirs, run_module
 
 from core.data import IGNORE_INDEX, bos_ids, collator_for, format_prompt, tokenize
 
+pytestmark = pytest.mark.xdist_group("test_real_model")  # the model is converted once: one worker
+
 CONVERSATION = [{"role": "system", "content": "Answer briefly."},
                 {"role": "user", "content": "Reverse the word.\ncat"},
                 {"role": "assistant", "content": "tac"},

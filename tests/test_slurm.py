@@ -18,7 +18,7 @@ from bbo.results import load_runs
 from conftest import REPO, SEARCH, make_experiment
 from conftest import run_module as run
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one node: one worker (./test.sh)
 
 FAST = SEARCH  # the session's search (conftest.searched) is the local answer to compare with
 ON_SLURM = dict(launch={"executor": "slurm", "parallel": 2, "device": "cpu"},
