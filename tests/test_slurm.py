@@ -51,7 +51,9 @@ def slurm():
 
 
 def our_jobs(name="bbo-demo") -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True).stdout
+    """Jobs of that name still to run or running; not those completing (a previous test's can linger in CG)."""
+    out = subprocess.run(["squeue", "-h", "-n", name, "-t", "PENDING,CONFIGURING,RUNNING,SUSPENDED", "-o", "%i"],
+                         capture_output=True, text=True).stdout
     return out.split()
 
 
