@@ -89,6 +89,23 @@ def run_dirs(experiment: Path) -> list[Path]:
     return sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) if runs.exists() else []
 
 
+# ---------------------------------------------------------------- what a tokenized row trains on
+
+def labelled_runs(row, tokenizer) -> list[str]:
+    """The labelled stretches of a row, decoded (special tokens kept)."""
+    from core.data import IGNORE_INDEX
+
+    runs, current = [], []
+    for token, label in zip(row["input_ids"], row["labels"]):
+        assert label in (token, IGNORE_INDEX)
+        if label == IGNORE_INDEX:
+            runs, current = (runs + [current], []) if current else (runs, current)
+        else:
+            current.append(token)
+    runs += [current] if current else []
+    return [tokenizer.decode(r) for r in runs]
+
+
 # ---------------------------------------------------------------- a search trained once per session
 
 SEARCH = {"train": {"max_steps": 3, "logging_steps": 1},

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, make_experiment, run_env
+from conftest import REPO, labelled_runs, make_experiment, run_env
 
 from core.config import ConfigError, from_dict, load_config
 from core.data import IGNORE_INDEX, DataError, build_split, data_key, render_chat, tokenize
@@ -51,15 +51,7 @@ def test_chat_labels_are_the_assistant_turns_only(tokenizer):
     assert row["input_ids"][0] == tokenizer.bos_token_id and row["input_ids"][-1] == tokenizer.eos_token_id
 
     # Labels: exactly the tokens of each answer and its </s>, in two runs; everything else -100.
-    runs, current = [], []
-    for token, label in zip(row["input_ids"], row["labels"]):
-        assert label in (token, IGNORE_INDEX)
-        if label == IGNORE_INDEX:
-            runs, current = (runs + [current], []) if current else (runs, current)
-        else:
-            current.append(token)
-    runs += [current] if current else []
-    assert [tokenizer.decode(r) for r in runs] == ["tac</s>", "god</s>"]
+    assert labelled_runs(row, tokenizer) == ["tac</s>", "god</s>"]
     prompt = [t for t, label in zip(row["input_ids"], row["labels"]) if label == IGNORE_INDEX]
     masked_text = tokenizer.decode(prompt)
     for turn in CONVERSATION:

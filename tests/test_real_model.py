@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO, run_dirs, run_module
+from conftest import REPO, labelled_runs, run_dirs, run_module
 
 from core.data import IGNORE_INDEX, bos_ids, collator_for, format_prompt, tokenize
 
@@ -47,19 +47,6 @@ def tokenizer(real):
     from core.model import load_tokenizer
 
     return load_tokenizer(real["model"])
-
-
-def labelled_runs(row, tokenizer) -> list[str]:
-    """The labelled stretches of a row, decoded (special tokens kept)."""
-    runs, current = [], []
-    for token, label in zip(row["input_ids"], row["labels"]):
-        assert label in (token, IGNORE_INDEX)
-        if label == IGNORE_INDEX:
-            runs, current = (runs + [current], []) if current else (runs, current)
-        else:
-            current.append(token)
-    runs += [current] if current else []
-    return [tokenizer.decode(r) for r in runs]
 
 
 def test_the_converted_folder_is_a_plain_model_that_answers(real):
