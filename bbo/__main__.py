@@ -129,7 +129,8 @@ def cmd_confirm(args) -> int:
 def cmd_plan(args) -> int:
     """The checks every search runs before training, then memory, time and disk; exit 1 if a check
     fails or the largest point does not fit."""
-    from bbo.plan import detect_gpus, estimate, machine_text, parse_gpus
+    from bbo.plan import detect_gpus, estimate, parse_gpus
+    from bbo.plan_text import machine_text
     from core.preflight import (PreflightError, check_attention, check_hub, check_inputs, check_model_runtime,
                                 check_trackers, gpu_slots)
 

@@ -23,7 +23,8 @@ from bbo.results import load_runs
 from bbo.summary import best as best_row
 from bbo.summary import describe_point, ranked
 from core.adapters import ADAPTER_DIR, REMOVED_FILE
-from core.config import ExperimentConfig, load_config, objective_label
+from core.config import ExperimentConfig, load_config
+from core.objective import objective_label
 from core.data import TEMPLATES
 from core.store import RunStore, State, read_json
 

@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 
 from bbo.paramfile import check, render, write_start_points
-from core.config import ConfigError, env_overrides, load_config
+from core.config import ConfigError, load_config
+from core.yamlvalues import env_overrides
 from core.failures import read_stop, refused_file
 from core.nomadtext import (CACHE_FILE, FAILED, KEEP_FILE, NOMAD_DIR, X0_PREFIX, drop_points, number, param_line,
                             param_lines, parse_params, point_file, point_lines, read_cache, tokens)

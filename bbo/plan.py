@@ -42,11 +42,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# the memory model and the words, under the names callers import from bbo.plan
-from bbo.plan_memory import (GIB, KNOWN_MODELS, NF4_BITS, OVERHEAD_GIB, USABLE_FRACTION, Arch,  # noqa: F401
-                             activation_bytes_per_token_layer, find_model_config, load_arch, memory_breakdown,
+from bbo.plan_memory import (GIB, USABLE_FRACTION, find_model_config, load_arch, memory_breakdown,
                              memory_verdict)
-from bbo.plan_text import machine_text, num, plan_text  # noqa: F401
+from bbo.plan_text import num, plan_text
+
 
 VAL_COST = 1 / 3  # a validation token is a forward pass only: ~1/3 of a training token
 CHECKPOINTING_COST = 4 / 3  # gradient checkpointing recomputes the forward: ~1/3 more compute

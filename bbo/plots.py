@@ -24,7 +24,7 @@ from matplotlib.ticker import ScalarFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from bbo.results import load_confirm_runs, load_curves, load_runs  # noqa: E402
-from core.config import objective_label  # noqa: E402
+from core.objective import objective_label  # noqa: E402
 from core.store import State  # noqa: E402
 
 LOG_AXES = {"lr", "alpha_over_rank"}  # searched over orders of magnitude

@@ -17,7 +17,8 @@ from bbo.confirm import finalist_stats, margin_sentence
 from bbo.plots import plot_experiments
 from bbo.results import load_runs
 from bbo.summary import best, describe_point, finalists_table, missing, ranked, ranking_sentence, x0_row
-from core.config import load_config, objective_label
+from core.config import load_config
+from core.objective import objective_label
 from core.store import FINISHED, State
 
 COMPARED = ["objective", "val_loss", "mmlu", "train_loss", "train_seconds", "wall_seconds"]

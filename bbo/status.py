@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.config import ExperimentConfig, objective_label
+from core.config import ExperimentConfig
+from core.objective import objective_label
 from core.progress import describe, duration, read_progress
 from core.store import RunStore, State, budget_use, read_json
 

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from bbo.results import HP, frame_attrs
-from core.config import ROUGE_METRICS, ExperimentConfig, objective_label
+from core.config import ExperimentConfig
+from core.objective import ROUGE_METRICS, objective_label
 from core.store import State
 
 

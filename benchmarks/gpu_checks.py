@@ -85,7 +85,7 @@ def tiny_assets() -> dict:
 
 def known_llama2_7b(layers: int | None = None) -> dict:
     """LLaMA-2-7B's config.json as bbo plan reads it (bbo/known_models), optionally with fewer layers."""
-    from bbo.plan import find_model_config
+    from bbo.plan_memory import find_model_config
     from core.config import load_config
 
     cfg, _ = find_model_config(load_config(VALLOSS))
@@ -314,7 +314,8 @@ def memory_check(device: str, experiment: Path = VALLOSS, layers: int | None = N
     from peft import LoraConfig, get_peft_model
     from transformers import set_seed
 
-    from bbo.plan import detect_gpus, estimate, load_arch, memory_breakdown
+    from bbo.plan import detect_gpus, estimate
+    from bbo.plan_memory import load_arch, memory_breakdown
     from core.config import load_config
     from core.model import resolve_dtype
 

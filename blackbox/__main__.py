@@ -26,7 +26,8 @@ import signal
 import sys
 from pathlib import Path
 
-from core.config import ConfigError, env_overrides, load_config
+from core.config import ConfigError, load_config
+from core.yamlvalues import env_overrides
 from core.failures import EXTEND_ENV, Interrupted
 from core.nomadtext import point_lines
 from core.preflight import check_inputs

@@ -18,7 +18,8 @@ import signal
 import sys
 
 from core.adapters import ranked_ok_runs
-from core.config import ConfigError, env_overrides, load_config
+from core.config import ConfigError, load_config
+from core.yamlvalues import env_overrides
 from core.procs import on_death_of
 from core.store import RunStore, read_json
 

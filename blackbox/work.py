@@ -17,7 +17,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.config import ROUGE_METRICS, ExperimentConfig
+from core.config import ExperimentConfig
+from core.objective import ROUGE_METRICS
 from core.failures import EvalFailure, Interrupted, Kind, kind_of, reported_error, shows_oom
 from core.procs import REPO_ROOT, checkout_env
 from core.progress import PROGRESS_FILE, read_progress

@@ -24,11 +24,6 @@ from core.objective import VALIDATION_SPLIT, ObjectiveConfig
 from core.space import SearchSpace, SpaceError
 from core.yamlvalues import ConfigError, apply_override, build, one_of, positive
 
-# importable from core.config as before the split (blackbox/, eval/ and bbo/ import them from here)
-from core.objective import (METRICS, MMLU_TASKS, ROUGE_METRICS, GenerationConfig, MmluConfig,  # noqa: F401
-                            metric_sign, objective_label)
-from core.yamlvalues import env_overrides  # noqa: F401
-
 
 @dataclass
 class ModelConfig:

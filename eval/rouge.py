@@ -27,7 +27,8 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from core.config import ROUGE_METRICS, VALIDATION_SPLIT, ConfigError, GenerationConfig
+from core.config import VALIDATION_SPLIT, ConfigError
+from core.objective import ROUGE_METRICS, GenerationConfig
 from core.data import FORMATS, TEMPLATES, bos_ids, build_split, format_prompt, load_source
 from core.model import (add_loading_arguments, load_adapter, load_base, load_tokenizer, resolve_device,
                         weights_dtype)

@@ -8,7 +8,8 @@ import pytest
 from rouge_score import rouge_scorer
 
 from conftest import make_experiment
-from core.config import ROUGE_METRICS, ConfigError, load_config
+from core.config import ConfigError, load_config
+from core.objective import ROUGE_METRICS
 from core.data import format_prompt
 from core.nomadtext import read_history
 from core.preflight import PreflightError, check_inputs
