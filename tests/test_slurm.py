@@ -96,12 +96,12 @@ def test_a_search_on_slurm_runs_every_evaluation_as_a_job_with_the_local_answers
 
 
 def test_a_cancelled_job_is_a_failed_point_with_the_slurm_state(tmp_path, assets):
-    experiment = make_experiment(tmp_path, assets, **FAST, **ON_SLURM)
+    experiment = make_experiment(tmp_path, assets, name="cancelled", **FAST, **ON_SLURM)  # its jobs: bbo-cancelled
     proc = subprocess.Popen([sys.executable, "-m", "blackbox", "-e", str(experiment), "--rank", "8"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, BBO_FAULT="hang@1"))
-    assert wait_for(lambda: len(our_jobs()) == 1), "no job appeared in squeue"
-    (job,) = our_jobs()
+    assert wait_for(lambda: len(our_jobs("bbo-cancelled")) == 1), "no job appeared in squeue"
+    (job,) = our_jobs("bbo-cancelled")
     time.sleep(3)
     subprocess.run(["scancel", job], check=True)
     out, err = proc.communicate(timeout=180)
@@ -114,14 +114,15 @@ def test_a_cancelled_job_is_a_failed_point_with_the_slurm_state(tmp_path, assets
 
 
 def test_killing_the_search_cancels_its_jobs_and_a_rerun_trains_the_point_again(tmp_path, assets):
-    experiment = make_experiment(tmp_path, assets, **FAST, **ON_SLURM)
+    experiment = make_experiment(tmp_path, assets, name="killed", **FAST, **ON_SLURM)  # its jobs: bbo-killed
+    our = lambda: our_jobs("bbo-killed")  # noqa: E731 - not another test's jobs
     search = subprocess.Popen([sys.executable, "-m", "bbo", "run", str(experiment)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, env=dict(os.environ, BBO_FAULT="hang@1"))
-    assert wait_for(lambda: len(our_jobs()) >= 1), "no job appeared in squeue"
-    jobs = our_jobs()
+    assert wait_for(lambda: len(our()) >= 1), "no job appeared in squeue"
+    jobs = our()
     search.send_signal(signal.SIGTERM)
     search.wait(timeout=60)
-    assert wait_for(lambda: not our_jobs(), 60), f"jobs left behind: {our_jobs()}"
+    assert wait_for(lambda: not our(), 60), f"jobs left behind: {our()}"
     assert wait_for(lambda: all(finished_jobs().get(j, "").startswith("CANCELLED") for j in jobs), 120), (
         jobs, finished_jobs())
 
@@ -129,7 +130,7 @@ def test_killing_the_search_cancels_its_jobs_and_a_rerun_trains_the_point_again(
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = load_runs(experiment)
     assert df.loc[df["order"] == 1, "status"].item() == "ok" and df.loc[df["order"] == 1, "attempt"].item() == 2
-    assert not our_jobs()
+    assert not our()
 
 
 @pytest.mark.slow
