@@ -207,6 +207,27 @@ def forget_refused(config) -> int:
     return dropped
 
 
+def forget_interrupted(config) -> int:
+    """Take out of NOMAD's cache the points it holds as failed though no run of them failed: their blackbox
+    was stopped before it answered (the search killed while NOMAD still read it, or a stopped search's
+    untrained answers), so their run folder is unfinished (interrupted) or missing. NOMAD asks them again;
+    a run folder that failed keeps its point failed. Returns how many were removed."""
+    from core.space import PointError
+    from core.store import RunStore, run_id
+
+    store, fingerprint = RunStore(config.dir), config.fingerprint()
+
+    def unanswered(x) -> bool:
+        try:
+            hp = config.space.decode(config.space.parse_point([str(v) for v in x]))
+        except PointError:
+            return False
+        return store.finished(run_id(hp, fingerprint)) is None
+
+    cache = config.dir / CACHE_FILE
+    return drop_points(cache, [c["x"] for c in read_cache(cache) if c["status"] in FAILED and unanswered(c["x"])])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bbo.nomad", description="NOMAD 4 batch mode on a parameter file")
     p.add_argument("param_file", nargs="?")
@@ -222,6 +243,7 @@ def main(argv=None) -> int:
             folder, text, where = config.dir, render(config), f"{config.dir}/experiment.yaml"
             rotate_stale_nomad_files(config)
             forget_refused(config)
+            forget_interrupted(config)
             write_start_points(config)
         elif args.param_file:
             path = Path(args.param_file)
@@ -233,6 +255,7 @@ def main(argv=None) -> int:
                 check(config, path)
                 rotate_stale_nomad_files(config)
                 forget_refused(config)
+                forget_interrupted(config)
         else:
             raise ConfigError("give a parameter file or --experiment DIR")
         lines = prepare_lines(text, folder, args.resume, where, count_failed=bool(config and config.nomad.count_failed))

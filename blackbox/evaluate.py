@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from blackbox import tracking
 from blackbox.executors import executor_for
+from blackbox.work import kept_phase_files
+from core import faults
 from core.adapters import prune as prune_adapters
 from core.config import VALIDATION_SPLIT, ExperimentConfig
 from core.data import chat_template_text
@@ -142,10 +144,13 @@ def _run(config, store, rid, hp, point, fingerprint, gpus, confirms=None) -> Out
         params.update(confirms=confirms, seed=config.train.seed)
     executor = executor_for(config)
     executor.release(store.run_dir(rid))  # a job a dead search left running is not trained twice
-    run_dir = store.begin(rid, params)
-    write_json(run_dir / "provenance.json", _provenance(config))
     rule = None if confirms else pruning_rule_for(config, fingerprint)  # a confirmation runs to its end
-    write_json(run_dir / "spec.json", train_spec(config, rid, hp, rule))
+    spec = train_spec(config, rid, hp, rule)
+    # an attempt its search's stop interrupted (state running, its lock free: we hold it) keeps what it finished
+    interrupted = (store.status(rid) or {}).get("state") == State.RUNNING
+    run_dir = store.begin(rid, params, keep=kept_phase_files(store.run_dir(rid), spec) if interrupted else ())
+    write_json(run_dir / "provenance.json", _provenance(config))
+    write_json(run_dir / "spec.json", spec)
     t0 = time.time()
     try:
         metrics = executor.run(config, run_dir, gpus)
@@ -157,6 +162,7 @@ def _run(config, store, rid, hp, point, fingerprint, gpus, confirms=None) -> Out
         store.finish(rid, State.FAILED, reason=str(e), error_kind=e.kind, log_tail=e.log_tail)
         tracking.log_final(config, run_dir, hp, None, str(State.FAILED))
         return Outcome(rid, State.FAILED, False, hp, reason=f"{e.kind}: {e}", error_kind=e.kind)
+    faults.kill_search_at(faults.parse_fault(run_dir), "results")  # the kill tests' hook: before the results write
     state = State.PRUNED if pruned else State.OK
     reason = metrics.get("pruned_reason")
     store.finish(rid, state, metrics=metrics, reason=reason)

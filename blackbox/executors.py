@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from blackbox.work import begin_stop, kill_children, stopping, tail_of, work
+from blackbox.work import begin_stop, ended_by_search, kill_children, tail_of, work
 from core.config import ExperimentConfig
 from core.failures import EvalFailure, Interrupted, Kind
 from core.store import read_json, write_json
@@ -49,6 +49,9 @@ class JobWork:
         self.task = task
 
     def __call__(self, config: ExperimentConfig, run_dir: str) -> dict:
+        # the driver's pid names a process of the submitting host, not of this node: here the search's stop
+        # shows as this job's cancellation, which the blackbox that submitted it sees (SlurmExecutor.run)
+        os.environ.pop("BBO_DRIVER_PID", None)
         try:
             metrics = self.task(config, Path(run_dir), job_gpus())
         except EvalFailure as e:  # returned, not raised: submitit would keep only its traceback text
@@ -125,8 +128,8 @@ class SlurmExecutor:
         finally:
             with _jobs_lock:
                 _jobs.discard(str(job.job_id))
-        if stopping():  # the search was stopped and cancelled this job: nothing to say about the point
-            raise Interrupted()
+        if ended_by_search(0 if outcome == "success" and "metrics" in result else 1):
+            raise Interrupted()  # the search was stopped or died and cancelled this job: nothing to say about the point
         if outcome == "success":
             node = result.get("node") or node
         state = (state or "UNKNOWN").split()[0]

@@ -19,6 +19,7 @@ import sys
 
 from core.adapters import ranked_ok_runs
 from core.config import ConfigError, load_config
+from core.failures import Interrupted
 from core.yamlvalues import env_overrides
 from core.procs import on_death_of
 from core.store import RunStore, read_json
@@ -106,6 +107,9 @@ def main(argv=None) -> int:
     except ConfigError as e:  # a check before the MMLU (GPUs, hub): nothing was measured
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted:  # the search was stopped while a finalist was measured: nothing is recorded for it
+        print("interrupted: the finalists not yet measured are measured by the next run", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ process, <run dir>/adapter/ and <run dir>/train_result.json. A failure writes
 Read top to bottom, `main` is the run: data, model + LoRA, Trainer, validation loss, save.
 A benchmark changes a run through `Seams` (its own base model, more callbacks, a wrapper
 around the collator, no validation pass), not by patching this file. Faults for the tests
-come from blackbox/faults.py (BBO_FAULT).
+come from core/faults.py (BBO_FAULT).
 """
 from __future__ import annotations
 
@@ -28,13 +28,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: accelerate runs this as a script
 
-from blackbox import faults, tracking  # noqa: E402
+from blackbox import tracking  # noqa: E402
+from core import faults  # noqa: E402
 from core import pruning  # noqa: E402
 from core.data import collator_for, load_tokenized  # noqa: E402
 from core.failures import Kind  # noqa: E402
 from core.model import (cast_lora, half_dtype, load_base, load_tokenizer, resolve_device, run_dtype,  # noqa: E402
                         save_adapter)
-from core.procs import on_death_of  # noqa: E402
+from core.procs import exit_with_blackbox  # noqa: E402
 from core.progress import PROGRESS_FILE, progress_record  # noqa: E402
 from core.store import write_json  # noqa: E402
 from eval.loss import validation_loss  # noqa: E402
@@ -160,7 +161,7 @@ def write_progress(run_dir: Path, every_seconds: float = 2.0):
     return WriteProgress()
 
 
-def checkpoint_curve(spec: dict, run_dir: Path, val_set, collator):
+def checkpoint_curve(spec: dict, run_dir: Path, val_set, collator, fault: dict | None = None):
     """A callback: validation loss at the checkpoints of train.eval_every, written to curve.json as it
     goes (a crashed run keeps its curve), and the stop of a run the pruning rule calls hopeless."""
     from transformers import TrainerCallback
@@ -181,6 +182,7 @@ def checkpoint_curve(spec: dict, run_dir: Path, val_set, collator):
                 return
             val = validation_loss(model, val_set, collator, train_cfg["per_device_batch_size"])  # every rank
             self.add(fraction, state, val["val_loss"])
+            faults.kill_search_at(fault, "checkpoint")
             reason = pruning.prune_reason(fraction, val["val_loss"], spec.get("pruning"))
             if reason:  # every rank sees the same all-reduced loss, so all stop at this step
                 self.pruned = dict(val, fraction=fraction, step=state.global_step, reason=reason)
@@ -213,8 +215,7 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
     seams = seams or Seams()
     spec = json.loads((run_dir / "spec.json").read_text())
     fault = faults.parse_fault(run_dir)
-    if os.environ.get("BBO_PARENT_PID"):  # the blackbox died (even by SIGKILL): no orphan keeps a GPU busy
-        on_death_of(int(os.environ["BBO_PARENT_PID"]), lambda: os._exit(1))
+    exit_with_blackbox()  # the blackbox died (even by SIGKILL): no orphan keeps a GPU busy
     device, dtype, precision = device_and_precision(spec)
     train_cfg, model_spec = spec["train"], spec["model"]
     set_seed(train_cfg["seed"])
@@ -226,6 +227,7 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
         t_start = time.time()
         tokenizer = load_tokenizer(model_spec["path"], model_spec["revision"], model_spec["trust_remote_code"])
         phase = Kind.LOAD_DATA  # the tokenized split is built once per experiment and cached
+        faults.kill_search_at(fault, "load_data")
         train_set, val_set = load_tokenized(spec["data"], tokenizer, model_spec["path"], spec["cache_dir"])
         collator = collator_for(tokenizer, spec["data"], model_spec["attn_implementation"])
         collator = seams.wrap_collator(collator) if seams.wrap_collator else collator
@@ -237,7 +239,7 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
         t_model = time.time()
 
         phase = Kind.ERROR
-        curve = checkpoint_curve(spec, run_dir, val_set, collator)
+        curve = checkpoint_curve(spec, run_dir, val_set, collator, fault)
         if train_cfg.get("report_to"):  # where the trackers write and how they name the run: set before they set up
             experiment = spec["experiment"]
             os.environ.update(tracking.environment(experiment["name"], Path(experiment["dir"]), spec["run_id"]))
@@ -277,6 +279,7 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
         return 0
     if not curve.pruned:
         save_adapter(trainer.model, run_dir / "adapter", dtype)  # in the run's dtype, not peft's fp32
+        faults.kill_search_at(fault, "adapter_save")
     tokens = sum(len(ids) for ids in train_set["input_ids"]) * (result.metrics.get("epoch", 1.0) or 1.0)
     metrics = {
         "train_loss": result.training_loss,

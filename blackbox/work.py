@@ -8,6 +8,7 @@ logs to the run folder, and is killed with its whole group on timeout or when th
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 from core.config import ExperimentConfig
 from core.objective import ROUGE_METRICS
 from core.failures import EvalFailure, Interrupted, Kind, kind_of, reported_error, shows_oom
-from core.procs import REPO_ROOT, checkout_env
+from core.procs import REPO_ROOT, checkout_env, search_alive
 from core.progress import PROGRESS_FILE, read_progress
 from core.store import read_json, write_json
 
@@ -29,17 +30,19 @@ TRAIN_SCRIPT = REPO_ROOT / "blackbox" / "train.py"
 _children: set[subprocess.Popen] = set()  # live child process groups, killed on SIGTERM/SIGINT
 _children_lock = threading.Lock()
 _stopping = threading.Event()  # set before the children are killed: a child that ends now was ended by us
+STOP_GRACE_SECONDS = 2.0  # a failed child waits this long for its search's stop to show (ended_by_search)
 
 
 def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dict:
     """Train, then MMLU and ROUGE when the objective needs them; gpus: the CUDA_VISIBLE_DEVICES of this evaluation
     (None: leave it as it is, e.g. what Slurm gave the job). Raises EvalFailure."""
-    for stale in [*run_dir.glob("error*.json"), run_dir / "train_result.json", run_dir / "mmlu.json", run_dir / "mmlu_full.json",
-                  run_dir / "rouge.json", run_dir / PROGRESS_FILE]:
+    for stale in [*run_dir.glob("error*.json"), run_dir / PROGRESS_FILE]:
         stale.unlink(missing_ok=True)  # a requeued Slurm job starts again in the same folder
     timeout = config.launch.timeout_minutes
     deadline = time.time() + timeout * 60 if timeout else None
-    metrics = _train(config, run_dir, gpus, deadline)
+    # a phase whose result is complete in the folder is not run again: one an interrupted attempt finished
+    # (kept_phase_files), or a requeued Slurm job's
+    metrics = completed(run_dir / "train_result.json") or _train(config, run_dir, gpus, deadline)
     if config.objective.needs_mmlu and "pruned_at" not in metrics:  # a pruned run is not worth its MMLU
         # the search's cheap MMLU when search_limit is set; finalists get mmlu.limit after
         metrics.update(_mmlu(config, run_dir, gpus, deadline, config.objective.mmlu.search_questions))
@@ -48,6 +51,34 @@ def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dic
         metrics.update(_rouge(run_dir, gpus, deadline))
         metrics["eval_seconds"] = metrics.get("eval_seconds", 0.0) + metrics["rouge_seconds"]
     return metrics
+
+
+# What each phase leaves in the run folder, and the key its result has once complete (blackbox/work.py adds
+# the *_seconds key after the child wrote the file: a result without it is of a child that was cut off).
+PHASE_FILES = {"train": ("train_result.json", "adapter", "curve.json", "train.log"),
+               "mmlu": ("mmlu.json", "mmlu.log"), "rouge": ("rouge.json", "generations.jsonl", "rouge.log")}
+DONE_KEY = {"train": "train_seconds", "mmlu": "mmlu_seconds", "rouge": "rouge_seconds"}
+
+
+def completed(result_file: Path, **expected) -> dict | None:
+    """A phase's result file when it is complete (its DONE_KEY, and expected values such as the MMLU limit), else None."""
+    phase = {"train_result.json": "train", "rouge.json": "rouge"}.get(result_file.name, "mmlu")
+    result = read_json(result_file)
+    if not isinstance(result, dict) or DONE_KEY[phase] not in result:
+        return None
+    return result if all(result.get(k) == v for k, v in expected.items()) else None
+
+
+def kept_phase_files(run_dir: Path, spec: dict) -> list[str]:
+    """The files of the phases an interrupted attempt of the same spec finished: the next attempt keeps them
+    and runs only what is missing (a finished training is never trained again; MMLU or ROUGE then runs)."""
+    if read_json(run_dir / "spec.json") != json.loads(json.dumps(spec, default=str)):
+        return []  # another spec (other settings, another pruning rule): everything again
+    train = completed(run_dir / "train_result.json")
+    if train is None or ("pruned_at" not in train and not (run_dir / "adapter").is_dir()):
+        return []
+    phases = ["train"] + [p for p, f in (("mmlu", "mmlu.json"), ("rouge", "rouge.json")) if completed(run_dir / f)]
+    return [name for phase in phases for name in PHASE_FILES[phase] if (run_dir / name).exists()]
 
 
 def accelerate_command(num_processes: int) -> list[str]:
@@ -166,6 +197,9 @@ def mmlu_command(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None
 def _mmlu(config, run_dir: Path, gpus, deadline, limit: int | None, name: str = "mmlu") -> dict:
     """lm-eval in a child (mmlu_command). Device and dtype are resolved by torch in the child (`auto`).
     <name>.json records the limit (questions per subject, None = all) it was measured with as mmlu_limit."""
+    done = completed(run_dir / f"{name}.json", mmlu_limit=limit)
+    if done:
+        return done
     cmd, gpus = mmlu_command(config, run_dir, gpus, limit, name)
     processes = len(gpus) if gpus else 1
     t0 = time.time()
@@ -186,6 +220,9 @@ def _mmlu(config, run_dir: Path, gpus, deadline, limit: int | None, name: str = 
 def _rouge(run_dir: Path, gpus, deadline) -> dict:
     """Greedy generation + ROUGE in a child (python -m eval.rouge <run dir>: model, adapter, held-out pairs
     and objective.generation from spec.json), one process on the evaluation's first GPU."""
+    done = completed(run_dir / "rouge.json")
+    if done:
+        return done
     cmd = [sys.executable, "-m", "eval.rouge", str(run_dir), "--out", str(run_dir / "rouge.json"),
            "--generations", str(run_dir / "generations.jsonl")]
     t0 = time.time()
@@ -196,6 +233,7 @@ def _rouge(run_dir: Path, gpus, deadline) -> dict:
         raise EvalFailure(kind, _describe_exit(rc, "ROUGE evaluation") if rc else "ROUGE result missing",
                           tail_of(run_dir / "rouge.log"))
     result["rouge_seconds"] = time.time() - t0
+    write_json(run_dir / "rouge.json", result)  # complete now (completed(): a resumed attempt keeps it)
     return result
 
 
@@ -214,8 +252,8 @@ def _run_logged(cmd: list[str], log_path: Path, gpus, deadline) -> int:
         try:
             remaining = None if deadline is None else max(0.0, deadline - time.time())
             rc = proc.wait(timeout=remaining)
-            if _stopping.is_set():  # killed because the blackbox is being stopped (another thread may be
-                raise Interrupted()  # the one stopping it): not a failure of the point
+            if ended_by_search(rc):  # not a failure of the point: the next run of the search finishes it
+                raise Interrupted()
             return rc
         except subprocess.TimeoutExpired:
             _kill_group(proc)
@@ -242,13 +280,27 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
+def ended_by_search(rc: int) -> bool:
+    """Whether a child (or a Slurm job) that ended with rc was ended by its search being stopped, killed or
+    cancelled (the blackbox's stop, or the search's driver gone), rather than by itself. The teardown's signal
+    can reach a child before the blackbox sees its search die: a child that failed waits STOP_GRACE_SECONDS
+    for that before it counts as a failure of the point."""
+    if _stopping.is_set():
+        return True
+    if rc == 0:
+        return False
+    deadline = time.time() + STOP_GRACE_SECONDS
+    while True:
+        if _stopping.is_set() or not search_alive():
+            return True
+        if time.time() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
 def begin_stop() -> None:
     """From now on a child or a job that ends was ended by the blackbox's stop (Interrupted), not by itself."""
     _stopping.set()
-
-
-def stopping() -> bool:
-    return _stopping.is_set()
 
 
 def kill_children() -> None:

@@ -35,6 +35,13 @@ def alive(pid: int) -> bool:
         return True
 
 
+def search_alive() -> bool:
+    """False once the search that started this process is gone: its driver (`bbo run`, `bbo.nomad`,
+    `bbo confirm`: BBO_DRIVER_PID) died. True when there is none (a plain `nomad`, by hand)."""
+    driver = os.environ.get("BBO_DRIVER_PID")
+    return not driver or alive(int(driver))
+
+
 def on_death_of(pid: int, action, interval: float = 1.0) -> None:
     """Call action() (from a daemon thread) as soon as pid is gone, even if it was SIGKILLed."""
     def watch():
@@ -42,6 +49,14 @@ def on_death_of(pid: int, action, interval: float = 1.0) -> None:
             time.sleep(interval)
         action()
     threading.Thread(target=watch, daemon=True).start()
+
+
+def exit_with_blackbox() -> None:
+    """In a child of the blackbox (blackbox/work.py sets BBO_PARENT_PID): exit as soon as the blackbox is gone,
+    even SIGKILLed, so no orphaned training or evaluation keeps a GPU busy. By hand (no variable): nothing."""
+    parent = os.environ.get("BBO_PARENT_PID")
+    if parent:
+        on_death_of(int(parent), lambda: os._exit(1))
 
 
 def die_with_parent() -> None:

@@ -151,24 +151,30 @@ class RunStore:
             return None
         return status
 
-    def begin(self, rid: str, params: dict) -> Path:
-        """Start (or restart) a run: call with the lock held. Moves aside any incomplete attempt."""
+    def begin(self, rid: str, params: dict, keep: list[str] | tuple[str, ...] = ()) -> Path:
+        """Start (or restart) a run: call with the lock held. Moves aside any earlier attempt, less the
+        entries named in keep (what an interrupted attempt finished: blackbox/work.py kept_phase_files),
+        which move into the new attempt's folder."""
         run_dir = self.run_dir(rid)
         attempt = 1
         old = self.status(rid)
+        aside = None
         if run_dir.exists():
             attempt = (old or {}).get("attempt", 0) + 1
             aside = self.root / "_incomplete" / f"{rid}.{attempt - 1}.{int(time.time())}"
             aside.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(run_dir), str(aside))
         run_dir.mkdir(parents=True)
+        for name in keep if aside else ():
+            shutil.move(str(aside / name), str(run_dir / name))
         write_json(run_dir / "params.json", params)
         previous = (old or {}).get("state")
-        write_json(run_dir / "status.json", {
-            "state": State.RUNNING.value, "attempt": attempt,
-            "previous": State.INTERRUPTED.value if previous == State.RUNNING else previous,
-            "started": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
-        })
+        status = {"state": State.RUNNING.value, "attempt": attempt,
+                  "previous": State.INTERRUPTED.value if previous == State.RUNNING else previous,
+                  "started": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+        if keep and aside:
+            status["kept"] = list(keep)  # from the interrupted attempt: its phases are not run again
+        write_json(run_dir / "status.json", status)
         return run_dir
 
     def finish(self, rid: str, state: State, *, metrics: dict | None = None,

@@ -40,6 +40,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from core import faults
+from core.procs import exit_with_blackbox
 from core.objective import MMLU_TASKS, MmluConfig
 from core.model import (add_loading_arguments, cast_lora, load_adapter, load_model, load_tokenizer, resolve_device,
                         weights_dtype)
@@ -278,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", default=None, help="where to write the generated task YAMLs (default: temp)")
     parser.add_argument("--out", default=None, help="also write the result JSON here")
     args = parser.parse_args(argv)
+    exit_with_blackbox()  # a run's evaluation ends with the blackbox that asked for it
+    if args.adapter:  # a run's evaluation (blackbox/work.py): the kill tests' hook
+        faults.kill_search_at(faults.parse_fault(Path(args.adapter).parent), "mmlu")
     try:
         result = evaluate_mmlu(args.model, args.adapter, task=args.task, data_dir=args.data_dir,
                                num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,

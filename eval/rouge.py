@@ -27,6 +27,8 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+from core import faults
+from core.procs import exit_with_blackbox
 from core.config import VALIDATION_SPLIT, ConfigError
 from core.objective import ROUGE_METRICS, GenerationConfig
 from core.data import FORMATS, TEMPLATES, bos_ids, build_split, format_prompt, load_source
@@ -180,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the result JSON here")
     parser.add_argument("--generations", default=None, help="write prompt, reference, prediction per pair (JSON lines)")
     args = parser.parse_args(argv)
+    exit_with_blackbox()  # a run's evaluation ends with the blackbox that asked for it
+    if args.run:  # a run's evaluation (blackbox/work.py): the kill tests' hook
+        faults.kill_search_at(faults.parse_fault(Path(args.run)), "rouge")
     try:
         model_spec, adapter, data, template, generation = (
             _from_run(Path(args.run), args) if args.run else _from_flags(args))

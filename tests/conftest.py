@@ -119,17 +119,16 @@ def shared_root(tmp_path_factory, worker_id: str) -> Path:
     return root if worker_id == "master" else root.parent
 
 
-@pytest.fixture(scope="session")
-def searched(tmp_path_factory, worker_id, assets):
-    """A finished demo search of 3 points (SEARCH's settings), run once per pytest session with `bbo run`
-    (the first xdist worker to ask runs it, the others wait and take it): (its experiment folder, that
-    command's CompletedProcess). Tests that change it take `searched_copy`."""
-    root = shared_root(tmp_path_factory, worker_id) / "searched"
+def shared_search(tmp_path_factory, worker_id: str, assets: dict, folder: str, settings: dict):
+    """A finished demo search with the given settings, run once per pytest session with `bbo run` (the first
+    xdist worker to ask runs it, the others wait and take it): (its experiment folder, that command's
+    CompletedProcess)."""
+    root = shared_root(tmp_path_factory, worker_id) / folder
     root.mkdir(exist_ok=True)
     record = root / "bbo-run.json"
     with FileLock(str(root / ".lock")):
         if not record.exists():
-            experiment = make_experiment(root, assets, **SEARCH)
+            experiment = make_experiment(root, assets, **settings)
             proc = run_module("bbo", "run", experiment)
             record.write_text(json.dumps({"experiment": str(experiment), "args": proc.args,
                                           "returncode": proc.returncode, "stdout": proc.stdout,
@@ -138,6 +137,13 @@ def searched(tmp_path_factory, worker_id, assets):
     proc = subprocess.CompletedProcess(saved["args"], saved["returncode"], saved["stdout"], saved["stderr"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return Path(saved["experiment"]), proc
+
+
+@pytest.fixture(scope="session")
+def searched(tmp_path_factory, worker_id, assets):
+    """A finished demo search of 3 points (SEARCH's settings), run once per pytest session (shared_search).
+    Tests that change it take `searched_copy`."""
+    return shared_search(tmp_path_factory, worker_id, assets, "searched", SEARCH)
 
 
 @pytest.fixture

@@ -113,7 +113,7 @@ def test_a_cancelled_job_is_a_failed_point_with_the_slurm_state(tmp_path, assets
     assert json.loads((run_dir / "slurm.json").read_text())["state"] == "CANCELLED"
 
 
-def test_killing_the_search_cancels_its_jobs_and_a_rerun_trains_the_point_again(tmp_path, assets):
+def test_killing_the_search_cancels_its_jobs_and_a_rerun_trains_the_point_again(tmp_path, assets, searched):
     experiment = make_experiment(tmp_path, assets, name="killed", **FAST, **ON_SLURM)  # its jobs: bbo-killed
     our = lambda: our_jobs("bbo-killed")  # noqa: E731 - not another test's jobs
     search = subprocess.Popen([sys.executable, "-m", "bbo", "run", str(experiment)], stdout=subprocess.DEVNULL,
@@ -130,6 +130,10 @@ def test_killing_the_search_cancels_its_jobs_and_a_rerun_trains_the_point_again(
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = load_runs(experiment)
     assert df.loc[df["order"] == 1, "status"].item() == "ok" and df.loc[df["order"] == 1, "attempt"].item() == 2
+    (rid,) = df.loc[df["order"] == 1, "run_id"]
+    assert json.loads((experiment / "runs" / rid / "status.json").read_text())["previous"] == "interrupted"  # not failed
+    local = load_runs(searched[0]).set_index("run_id")["objective"]  # the same point, never interrupted
+    assert df.set_index("run_id").loc[rid, "objective"] == pytest.approx(local.loc[rid], rel=1e-6)
     assert not our()
 
 

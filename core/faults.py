@@ -2,9 +2,13 @@
 
     BBO_FAULT=<kind>@<step>[,match=<text in run id>][,rank=<r>]   kind: oom | nan | error | hang | crash
     BBO_FAULT=<kind>[,match=...]                                    kind: load_model | eval_error | garbage_metrics
+    BBO_FAULT=kill_search@<phase>[,match=...]                       phase: one of KILL_PHASES
 
 Each kind raises (or does) in training what the real failure would: an OOM is torch's
-OutOfMemoryError, a NaN fills the trainable weights, a crash is SIGKILL. Unset, nothing happens.
+OutOfMemoryError, a NaN fills the trainable weights, a crash is SIGKILL. kill_search kills the search
+(the driver, BBO_DRIVER_PID, with SIGKILL) when the evaluation reaches the phase, then sends its own
+process the SIGTERM a teardown sends, as if that arrived before the blackbox saw the search die
+(docs/failures.md: an interrupted point). Unset, nothing happens.
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from pathlib import Path
 from core.failures import Kind
 
 AT_PHASE = {"load_model": Kind.LOAD_MODEL, "eval_error": Kind.EVAL_LOSS}  # faults raised when a phase starts
+# Where kill_search can strike, in the order an evaluation reaches them (the process that reaches each: train.py,
+# eval/mmlu.py, eval/rouge.py, the blackbox itself for "results").
+KILL_PHASES = ("load_data", "train", "checkpoint", "adapter_save", "mmlu", "rouge", "results")
 
 
 def parse_fault(run_dir: Path) -> dict | None:
@@ -31,7 +38,20 @@ def parse_fault(run_dir: Path) -> dict | None:
             return None
         if name == "rank" and value != os.environ.get("RANK", "0"):
             return None
+    if kind == "kill_search":
+        return {"kind": kind, "step": None, "phase": step}
     return {"kind": kind, "step": int(step) if step else None}
+
+
+def kill_search_at(fault: dict | None, phase: str) -> None:
+    """kill_search@<phase>: SIGKILL the search's driver, then SIGTERM this process (the teardown's signal, here
+    before the blackbox has seen the driver die); this process then ends as the signal ends it."""
+    if not fault or fault["kind"] != "kill_search" or fault["phase"] != phase:
+        return
+    os.kill(int(os.environ["BBO_DRIVER_PID"]), signal.SIGKILL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)  # the signal ends the process before this does
 
 
 def at_phase(fault: dict | None, phase: str) -> None:
@@ -54,6 +74,8 @@ def step_callback(fault: dict | None):
 
     class InjectFault(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 1:
+                kill_search_at(fault, "train")  # in the middle of training: after its first step
             if fault is None or fault["step"] is None or state.global_step != fault["step"]:
                 return
             kind = fault["kind"]
