@@ -34,7 +34,7 @@ from core import pruning  # noqa: E402
 from core.data import collator_for, load_tokenized  # noqa: E402
 from core.failures import Kind  # noqa: E402
 from core.model import (cast_lora, half_dtype, load_base, load_tokenizer, resolve_device, run_dtype,  # noqa: E402
-                        save_adapter)
+                        save_adapter, without_bitsandbytes)
 from core.procs import exit_with_blackbox  # noqa: E402
 from core.progress import PROGRESS_FILE, progress_record  # noqa: E402
 from core.store import write_json  # noqa: E402
@@ -210,10 +210,11 @@ def write_error(run_dir: Path, kind: Kind, message: str) -> None:
 # ---------------------------------------------------------------- main
 
 def main(run_dir: Path, seams: Seams | None = None) -> int:
-    from transformers import Trainer, set_seed
-
     seams = seams or Seams()
     spec = json.loads((run_dir / "spec.json").read_text())
+    without_bitsandbytes(spec["model"]["quantization"])  # before transformers and peft are imported
+    from transformers import Trainer, set_seed
+
     fault = faults.parse_fault(run_dir)
     exit_with_blackbox()  # the blackbox died (even by SIGKILL): no orphan keeps a GPU busy
     device, dtype, precision = device_and_precision(spec)

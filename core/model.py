@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 
@@ -19,6 +20,15 @@ def add_loading_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto (a GPU if torch sees one), cuda, cuda:N or cpu")
     parser.add_argument("--quantization", default=None, choices=["4bit"], help="4bit: NF4 base weights (QLoRA)")
     parser.add_argument("--trust-remote-code", action="store_true")
+
+
+def without_bitsandbytes(quantization: str | None) -> None:
+    """Without a 4-bit base, keep bitsandbytes out of this process: peft (and transformers' checks) import it
+    whenever it is installed, 1.5-3 s of every training and evaluation start, and nothing else uses it.
+    A None in sys.modules makes `import bitsandbytes` fail and importlib.util.find_spec answer None, which
+    is how those libraries ask whether it is there. Call before transformers or peft is imported."""
+    if not quantization and "bitsandbytes" not in sys.modules:
+        sys.modules["bitsandbytes"] = None
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -44,7 +44,7 @@ from core import faults
 from core.procs import exit_with_blackbox
 from core.objective import MMLU_TASKS, MmluConfig
 from core.model import (add_loading_arguments, cast_lora, load_adapter, load_model, load_tokenizer, resolve_device,
-                        weights_dtype)
+                        weights_dtype, without_bitsandbytes)
 
 TEMPLATE = Path(__file__).resolve().parent / "tasks" / "mmlu_local" / "_mmlu_local_template_yaml"
 _SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the result JSON here")
     args = parser.parse_args(argv)
     exit_with_blackbox()  # a run's evaluation ends with the blackbox that asked for it
+    without_bitsandbytes(args.quantization)  # before lm-eval, transformers and peft are imported
     if args.adapter:  # a run's evaluation (blackbox/work.py): the kill tests' hook
         faults.kill_search_at(faults.parse_fault(Path(args.adapter).parent), "mmlu")
     try:

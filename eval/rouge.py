@@ -33,7 +33,7 @@ from core.config import VALIDATION_SPLIT, ConfigError
 from core.objective import ROUGE_METRICS, GenerationConfig
 from core.data import FORMATS, TEMPLATES, bos_ids, build_split, format_prompt, load_source
 from core.model import (add_loading_arguments, load_adapter, load_base, load_tokenizer, resolve_device,
-                        weights_dtype)
+                        weights_dtype, without_bitsandbytes)
 
 GREEDY = {"do_sample": False, "num_beams": 1}
 
@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         model_spec, adapter, data, template, generation = (
             _from_run(Path(args.run), args) if args.run else _from_flags(args))
         _check(generation, template)  # before reading any data
+        without_bitsandbytes(model_spec.get("quantization"))  # before transformers and peft are imported
         records = held_out_pairs(data, generation)
         result = evaluate_rouge(model_spec, adapter, records, template, generation, args.device, args.generations)
     except ValueError as e:  # core.data.DataError too

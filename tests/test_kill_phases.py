@@ -122,6 +122,7 @@ def test_soak_a_search_killed_at_ten_random_moments_ends_like_an_uninterrupted_o
             kills += 1
         assert teardown_done(experiment), f"seed {seed}, kill {kills}: a process of the killed search is still running"
 
+    print(f"soak seed {seed}: {kills} kills, then the rerun")
     rerun = run_module("bbo", "run", experiment)
     assert rerun.returncode == 0, f"seed {seed}: {rerun.stderr[-3000:]}"
     assert measured(experiment) == measured(reference), f"seed {seed}"
