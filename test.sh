@@ -6,6 +6,7 @@ cd "$(dirname "$0")"
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 # With no arguments: everything but the slow checks, on BBO_TEST_WORKERS pytest-xdist workers (default 2),
-# test by test, except the files marked xdist_group (a module fixture made once, the Slurm node): one worker each.
-if [ $# -eq 0 ]; then set -- -m "not slow" -n "${BBO_TEST_WORKERS:-2}" --dist loadgroup; fi
+# test by test, except the files marked xdist_group (a module fixture made once, the Slurm node): one worker each;
+# then the 15 slowest tests.
+if [ $# -eq 0 ]; then set -- -m "not slow" -n "${BBO_TEST_WORKERS:-2}" --dist loadgroup --durations=15; fi
 exec .venv/bin/python -m pytest -q "$@"

@@ -13,9 +13,10 @@ point (`python -m blackbox --experiment <copy> --rank 8 --lr 1e-3`) and splits
 its wall time with the run's metrics.json: data_seconds, model_load_seconds,
 train_seconds, eval_seconds (validation loss; + the MMLU process when the
 objective asks for it) are measured inside train.py; "process start" is timed
-apart by launching, with the same `accelerate launch` command, a script that
-only does train.py's imports; writing (adapter, metrics, run folder) and the
-blackbox's own start are the rest of the wall time.
+apart by starting, the way blackbox/work.py starts a one-process training, a script
+that only does train.py's imports, and beside it through `accelerate launch` (what
+that start cost before the launcher was left out); writing (adapter, metrics, run
+folder) and the blackbox's own start are the rest of the wall time.
 Phase 2 asks the same point again, several times, and checks in-process that
 neither torch nor transformers was imported.
 """
@@ -82,16 +83,19 @@ def blackbox(experiment: Path) -> tuple[float, subprocess.CompletedProcess]:
     return time.perf_counter() - t0, proc
 
 
-def process_start_seconds() -> float:
-    """`accelerate launch` of a script that only imports what train.py imports: the start every evaluation pays."""
-    from blackbox.work import accelerate_command
+def process_start_seconds(launcher: bool = False) -> float:
+    """The start of a one-process training, timed on a script that only imports what train.py imports: as
+    blackbox/work.py starts it (the script itself, launch_command), or with launcher=True through
+    `accelerate launch` (what every evaluation paid before 2026-12-07, and still pays with launch.accelerate_args)."""
+    from blackbox.work import SINGLE_PROCESS_ENV, accelerate_command
 
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "imports_only.py"
         script.write_text(IMPORTS_ONLY.format(repo=str(REPO)))
-        cmd = accelerate_command(1) + [str(script)]
+        cmd = accelerate_command(1) + [str(script)] if launcher else [sys.executable, str(script)]
+        env = dict(os.environ, PYTHONPATH=str(REPO), **({} if launcher else SINGLE_PROCESS_ENV))
         t0 = time.perf_counter()
-        subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), check=True, capture_output=True)
+        subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
         return time.perf_counter() - t0
 
 
@@ -124,7 +128,7 @@ def main(argv=None) -> int:
     start = process_start_seconds()
     mmlu = m.get("mmlu_seconds", 0.0)
     phases = [
-        ("process start (accelerate launch + train.py imports, timed apart)", start),
+        ("process start (train.py's imports, timed apart)", start),
         ("data preparation (tokenizer, tokenized split" + (", cached)" if warm_data else ", built now: cold)"),
          m["data_seconds"]),
         ("model load (+ LoRA)", m["model_load_seconds"]),
@@ -143,6 +147,11 @@ def main(argv=None) -> int:
         print(f"| {name} | {seconds:.2f} | {seconds / wall_cli:.1%} |")
     print(f"| wall (`python -m blackbox`, as NOMAD calls it) | {wall_cli:.2f} | 100% |")
     print(f"\nnot training: {1 - m['train_seconds'] / wall_cli:.1%} of the wall time")
+    n = 1 if args.quick else 3
+    launched = statistics.median(process_start_seconds(launcher=True) for _ in range(n))
+    direct = statistics.median(process_start_seconds() for _ in range(n))
+    print(f"process start, median of {n} each, side by side: {direct:.2f} s as training starts now, {launched:.2f} s "
+          f"through `accelerate launch` ({launched - direct:.2f} s saved per evaluation, x{launched / direct:.2f})")
 
     # Phase 2: the same point again: answered from the run store.
     times, lines = [], set()

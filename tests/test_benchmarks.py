@@ -125,6 +125,7 @@ def test_overhead_quick():
         assert phase in out
     assert "same output line as the first call: True" in out
     assert "torch no, transformers no" in out
+    assert "through `accelerate launch`" in out  # the training's start beside the launcher's
 
 
 @pytest.mark.slow
