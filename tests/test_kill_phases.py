@@ -102,20 +102,27 @@ def test_a_confirmation_run_killed_in_training_is_interrupted_and_finished_by_th
     assert {rid: v for rid, v in measured(experiment).items() if rid in before} == before
 
 
+# The soak's search: 5 points, each trained, then MMLU and ROUGE, so that a random moment can fall in any phase
+SOAK = dict(WITH_EVALS, nomad={"budget": 5, "seed": 0})
+
+
 @pytest.mark.slow
-def test_soak_a_search_killed_at_ten_random_moments_ends_like_an_uninterrupted_one(tmp_path, assets, searched):
+def test_soak_a_search_killed_at_ten_random_moments_ends_like_an_uninterrupted_one(tmp_path, tmp_path_factory,
+                                                                                    worker_id, assets):
     seed = int(os.environ.get("BBO_SOAK_SEED") or random.randrange(1_000_000))
     print(f"soak seed {seed}: replay with BBO_SOAK_SEED={seed}")
     rng = random.Random(seed)
-    reference, _ = searched
-    experiment = make_experiment(tmp_path, assets, **SEARCH)
+    reference, _ = shared_search(tmp_path_factory, worker_id, assets, "soak-reference", SOAK)
+    experiment = make_experiment(tmp_path, assets, **SOAK)
     kills = 0
-    while kills < 10:
-        driver = subprocess.Popen([sys.executable, "-m", "bbo", "run", str(experiment)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while kills < 10:  # each run of the search is killed after 2-25 s (an evaluation takes about 35 s here)
+        log = tmp_path / f"run{kills}.log"
+        with open(log, "w") as out:
+            driver = subprocess.Popen([sys.executable, "-m", "bbo", "run", str(experiment)], stdout=out, stderr=out)
         try:
-            driver.wait(timeout=rng.uniform(2.0, 40.0))
-            break  # it finished before this kill: the search is done
+            rc = driver.wait(timeout=rng.uniform(2.0, 25.0))
+            assert rc == 0, f"seed {seed}, after {kills} kills: {log.read_text()[-3000:]}"
+            break  # it finished before this kill: what was finished before is kept, so a search ends
         except subprocess.TimeoutExpired:
             driver.kill()
             driver.wait()
@@ -128,6 +135,7 @@ def test_soak_a_search_killed_at_ten_random_moments_ends_like_an_uninterrupted_o
     assert measured(experiment) == measured(reference), f"seed {seed}"
     for run_dir in run_dirs(experiment):
         assert launches(run_dir / "train.log") == 1, f"seed {seed}: {run_dir.name}"
+        assert launches(run_dir / "mmlu.log") == 1, f"seed {seed}: {run_dir.name}"
     asides = experiment / "runs" / "_incomplete"
     for aside in asides.iterdir() if asides.exists() else []:
         assert not (aside / "train_result.json").exists(), f"seed {seed}: a finished training was set aside ({aside.name})"
