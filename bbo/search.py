@@ -67,6 +67,7 @@ def run_search(experiment: str | Path, overrides: list[str] | tuple[str, ...] = 
     from bbo import paramfile
     from core.nomadtext import CACHE_FILE, NOMAD_DIR, drop_failed
     from core.preflight import GPU_SLOTS_ENV, check_before_training
+    from core.adapters import prune as prune_adapters
     from core.procs import checkout_env, die_with_parent
 
     overrides = list(overrides)
@@ -110,6 +111,8 @@ def run_search(experiment: str | Path, overrides: list[str] | tuple[str, ...] = 
         _signal_group(proc, signal.SIGINT)
         proc.wait()
         raise
+    # each evaluation applied train.keep_adapters already; a rerun with a stricter setting applies it too
+    prune_adapters(config.dir, config.train.adapters_kept, config.train.keep_adapters)
     result = _result(config, overrides, search)
     from core.failures import read_stop
 

@@ -68,14 +68,18 @@ def one_line_error(proc, text):
     assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], proc.stderr
 
 
-def test_search_keeps_best_2_and_their_export_loads_with_peft_and_transformers(tmp_path, assets, capsys):
+def test_a_search_rerun_with_keep_best_2_and_their_export_loads_with_peft_and_transformers(
+        searched_copy, tmp_path, assets, capsys):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    # A real search, `bbo run` of 3 evaluations with train.keep_adapters=best:2 given on the command line
-    experiment = make_experiment(tmp_path, assets, **FAST, nomad={"budget": 3, "seed": 0})
+    # A finished search of 3 evaluations (every adapter kept), run again with train.keep_adapters=best:2
+    # on the command line: nothing is trained, the setting is applied (keep_adapters is not in the run id)
+    experiment = searched_copy
+    assert len(list((experiment / "runs").glob("*/adapter"))) == 3
     proc = run("bbo", "run", experiment, "train.keep_adapters=best:2")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "budget already spent" in proc.stderr
     runs = {}
     for run_dir in sorted((experiment / "runs").glob("r*/")):
         assert json.loads((run_dir / "status.json").read_text())["state"] == "ok"
