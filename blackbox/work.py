@@ -53,8 +53,9 @@ def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dic
     return metrics
 
 
-# What each phase leaves in the run folder, and the key its result has once complete (blackbox/work.py adds
-# the *_seconds key after the child wrote the file: a result without it is of a child that was cut off).
+# What each phase leaves in the run folder, and the key its result has once complete: train.py writes
+# train_result.json last, whole; _mmlu and _rouge add their *_seconds key after the child wrote its file,
+# so a result without it is of a child that was cut off.
 PHASE_FILES = {"train": ("train_result.json", "adapter", "curve.json", "train.log"),
                "mmlu": ("mmlu.json", "mmlu.log"), "rouge": ("rouge.json", "generations.jsonl", "rouge.log")}
 DONE_KEY = {"train": "train_seconds", "mmlu": "mmlu_seconds", "rouge": "rouge_seconds"}
