@@ -19,7 +19,7 @@ lose its budget to the failures. --no-resume spends MAX_BB_EVAL anew, as the `no
 binary does: its cache makes old points free, so it trains up to MAX_BB_EVAL new points
 (the way to go past the budget on purpose). Under the binary itself the blackbox refuses
 new trainings past nomad.budget (blackbox/blocks.py); the points it refused are taken out
-of the cache here (forget_refused), so that NOMAD asks them again once budget is left.
+of the cache here (forget_unanswered), so that NOMAD asks them again once budget is left.
 
 No budget is left unused: on an all-integer (granular) space NOMAD stops as soon as its mesh cannot
 be refined, often well before MAX_BB_EVAL. Then NOMAD starts again (`restart_lines`): from the best
@@ -44,7 +44,7 @@ from core.config import ConfigError, load_config
 from core.yamlvalues import env_overrides
 from core.failures import read_stop, refused_file
 from core.nomadtext import (CACHE_FILE, FAILED, KEEP_FILE, NOMAD_DIR, X0_PREFIX, drop_points, number, param_line,
-                            param_lines, parse_params, point_file, point_lines, read_cache, tokens)
+                            param_lines, parse_params, point_file, read_cache, tokens)
 from core.space import latin_hypercube
 
 MAX_RESTARTS = 50
@@ -188,30 +188,12 @@ def rotate_stale_nomad_files(config) -> None:
     stamp.write_text(signature + "\n")
 
 
-def forget_refused(config) -> int:
-    """Take the points a plain `nomad` was refused for the budget (core.failures.refused_file) out of NOMAD's
-    cache, which holds them as failed though nothing ran: NOMAD asks them again when budget is left, as
-    it would have without the refusal. Returns how many were removed."""
-    path = refused_file(config.dir)
-    if not path.exists():
-        return 0
-    refused = [[float(number(v)) for v in p] for p in point_lines(path.read_text())]
-
-    def same(x, p):
-        return len(x) == len(p) and all(abs(float(a) - b) <= 1e-9 * max(1.0, abs(b)) for a, b in zip(x, p))
-
-    cache = config.dir / CACHE_FILE
-    failed = [c["x"] for c in read_cache(cache) if c["status"] in FAILED and any(same(c["x"], p) for p in refused)]
-    dropped = drop_points(cache, failed)
-    path.unlink()
-    return dropped
-
-
-def forget_interrupted(config) -> int:
-    """Take out of NOMAD's cache the points it holds as failed though no run of them failed: their blackbox
-    was stopped before it answered (the search killed while NOMAD still read it, or a stopped search's
-    untrained answers), so their run folder is unfinished (interrupted) or missing. NOMAD asks them again;
-    a run folder that failed keeps its point failed. Returns how many were removed."""
+def forget_unanswered(config) -> int:
+    """Take out of NOMAD's cache the points it holds as failed though no run of them failed, so that NOMAD asks
+    them again: their blackbox was stopped before it answered (the search killed while NOMAD still read it),
+    or answered without training (a stopped search's points; those a plain `nomad` was refused for the budget,
+    listed in core.failures.refused_file, which goes with them). Their run folder is unfinished or missing; a
+    point whose run failed stays failed. Returns how many were removed."""
     from core.space import PointError
     from core.store import RunStore, run_id
 
@@ -225,7 +207,9 @@ def forget_interrupted(config) -> int:
         return store.finished(run_id(hp, fingerprint)) is None
 
     cache = config.dir / CACHE_FILE
-    return drop_points(cache, [c["x"] for c in read_cache(cache) if c["status"] in FAILED and unanswered(c["x"])])
+    dropped = drop_points(cache, [c["x"] for c in read_cache(cache) if c["status"] in FAILED and unanswered(c["x"])])
+    refused_file(config.dir).unlink(missing_ok=True)  # its points are asked again from now on
+    return dropped
 
 
 def main(argv=None) -> int:
@@ -242,8 +226,7 @@ def main(argv=None) -> int:
             config = load_config(args.experiment, env_overrides())
             folder, text, where = config.dir, render(config), f"{config.dir}/experiment.yaml"
             rotate_stale_nomad_files(config)
-            forget_refused(config)
-            forget_interrupted(config)
+            forget_unanswered(config)
             write_start_points(config)
         elif args.param_file:
             path = Path(args.param_file)
@@ -254,8 +237,7 @@ def main(argv=None) -> int:
                 config = load_config(folder, env_overrides())
                 check(config, path)
                 rotate_stale_nomad_files(config)
-                forget_refused(config)
-                forget_interrupted(config)
+                forget_unanswered(config)
         else:
             raise ConfigError("give a parameter file or --experiment DIR")
         lines = prepare_lines(text, folder, args.resume, where, count_failed=bool(config and config.nomad.count_failed))
