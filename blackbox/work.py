@@ -42,7 +42,7 @@ def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dic
     deadline = time.time() + timeout * 60 if timeout else None
     # a phase whose result is complete in the folder is not run again: one an interrupted attempt finished
     # (kept_phase_files), or a requeued Slurm job's
-    metrics = completed(run_dir / "train_result.json") or _train(config, run_dir, gpus, deadline)
+    metrics = completed(run_dir / "train_result.json", DONE_KEY["train"]) or _train(config, run_dir, gpus, deadline)
     if config.objective.needs_mmlu and "pruned_at" not in metrics:  # a pruned run is not worth its MMLU
         # the search's cheap MMLU when search_limit is set; finalists get mmlu.limit after
         metrics.update(_mmlu(config, run_dir, gpus, deadline, config.objective.mmlu.search_questions))
@@ -53,19 +53,19 @@ def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dic
     return metrics
 
 
-# What each phase leaves in the run folder, and the key its result has once complete: train.py writes
-# train_result.json last, whole; _mmlu and _rouge add their *_seconds key after the child wrote its file,
-# so a result without it is of a child that was cut off.
+# What each phase leaves in the run folder (its result file first), and the key its result has once complete:
+# train.py writes train_result.json last, whole; _mmlu and _rouge add their *_seconds key after the child
+# wrote its file, so a result without it is of a child that was cut off.
 PHASE_FILES = {"train": ("train_result.json", "adapter", "curve.json", "train.log"),
                "mmlu": ("mmlu.json", "mmlu.log"), "rouge": ("rouge.json", "generations.jsonl", "rouge.log")}
 DONE_KEY = {"train": "train_seconds", "mmlu": "mmlu_seconds", "rouge": "rouge_seconds"}
 
 
-def completed(result_file: Path, **expected) -> dict | None:
-    """A phase's result file when it is complete (its DONE_KEY, and expected values such as the MMLU limit), else None."""
-    phase = {"train_result.json": "train", "rouge.json": "rouge"}.get(result_file.name, "mmlu")
+def completed(result_file: Path, done_key: str, **expected) -> dict | None:
+    """A phase's result file when it is complete (done_key, its DONE_KEY, and expected values such as the MMLU
+    limit), else None."""
     result = read_json(result_file)
-    if not isinstance(result, dict) or DONE_KEY[phase] not in result:
+    if not isinstance(result, dict) or done_key not in result:
         return None
     return result if all(result.get(k) == v for k, v in expected.items()) else None
 
@@ -75,10 +75,10 @@ def kept_phase_files(run_dir: Path, spec: dict) -> list[str]:
     and runs only what is missing (a finished training is never trained again; MMLU or ROUGE then runs)."""
     if read_json(run_dir / "spec.json") != json.loads(json.dumps(spec, default=str)):
         return []  # another spec (other settings, another pruning rule): everything again
-    train = completed(run_dir / "train_result.json")
+    train = completed(run_dir / "train_result.json", DONE_KEY["train"])
     if train is None or ("pruned_at" not in train and not (run_dir / "adapter").is_dir()):
         return []
-    phases = ["train"] + [p for p, f in (("mmlu", "mmlu.json"), ("rouge", "rouge.json")) if completed(run_dir / f)]
+    phases = ["train"] + [p for p in ("mmlu", "rouge") if completed(run_dir / PHASE_FILES[p][0], DONE_KEY[p])]
     return [name for phase in phases for name in PHASE_FILES[phase] if (run_dir / name).exists()]
 
 
@@ -214,7 +214,7 @@ def mmlu_command(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None
 def _mmlu(config, run_dir: Path, gpus, deadline, limit: int | None, name: str = "mmlu") -> dict:
     """lm-eval in a child (mmlu_command). Device and dtype are resolved by torch in the child (`auto`).
     <name>.json records the limit (questions per subject, None = all) it was measured with as mmlu_limit."""
-    done = completed(run_dir / f"{name}.json", mmlu_limit=limit)
+    done = completed(run_dir / f"{name}.json", DONE_KEY["mmlu"], mmlu_limit=limit)
     if done:
         return done
     cmd, gpus = mmlu_command(config, run_dir, gpus, limit, name)
@@ -237,7 +237,7 @@ def _mmlu(config, run_dir: Path, gpus, deadline, limit: int | None, name: str = 
 def _rouge(run_dir: Path, gpus, deadline) -> dict:
     """Greedy generation + ROUGE in a child (python -m eval.rouge <run dir>: model, adapter, held-out pairs
     and objective.generation from spec.json), one process on the evaluation's first GPU."""
-    done = completed(run_dir / "rouge.json")
+    done = completed(run_dir / "rouge.json", DONE_KEY["rouge"])
     if done:
         return done
     cmd = [sys.executable, "-m", "eval.rouge", str(run_dir), "--out", str(run_dir / "rouge.json"),

@@ -89,6 +89,12 @@ def run_dirs(experiment: Path) -> list[Path]:
     return sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) if runs.exists() else []
 
 
+def processes_mentioning(text) -> list[str]:
+    """The command lines of the live processes that mention text (an experiment or run folder): an orphan check."""
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if text in line and "ps -eo" not in line]
+
+
 # ---------------------------------------------------------------- what a tokenized row trains on
 
 def labelled_runs(row, tokenizer) -> list[str]:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import make_experiment
+from conftest import make_experiment, processes_mentioning
 
 
 def blackbox(experiment, *args, fault=None, timeout=300):
@@ -21,11 +21,6 @@ def blackbox(experiment, *args, fault=None, timeout=300):
 def only_run(experiment):
     (run_dir,) = [p for p in (experiment / "runs").iterdir() if p.is_dir() and not p.name.startswith(("_", "."))]
     return run_dir
-
-
-def processes_mentioning(text):
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if text in line and "ps -eo" not in line]
 
 
 @pytest.fixture

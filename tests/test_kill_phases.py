@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import SEARCH, make_experiment, run_dirs, run_module, shared_search
+from conftest import SEARCH, make_experiment, processes_mentioning, run_dirs, run_module, shared_search
 from core.faults import KILL_PHASES
 
 ONE_POINT = dict(SEARCH, nomad={"budget": 1, "seed": 0})  # X0 of the session's search: the same run id
@@ -52,8 +52,7 @@ def launches(log) -> int:
 def teardown_done(experiment, timeout=30) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        if not any(str(experiment) in line for line in ps.splitlines()):
+        if not processes_mentioning(str(experiment)):
             return True
         time.sleep(0.2)
     return False

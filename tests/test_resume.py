@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import SEARCH, make_experiment
+from conftest import SEARCH, make_experiment, processes_mentioning
 
 
 def ok_runs(experiment):
@@ -21,11 +21,6 @@ def ok_runs(experiment):
             if status["state"] == "ok":
                 out[run_dir.name] = json.loads((run_dir / "metrics.json").read_text())["objective"]
     return out
-
-
-def processes_mentioning(text):
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if text in line and "ps -eo" not in line]
 
 
 def test_sigkill_of_the_driver_then_rerun_ends_like_an_uninterrupted_search(tmp_path, assets, searched):
