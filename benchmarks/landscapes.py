@@ -269,7 +269,9 @@ class Tabulated(Landscape):
             self.table[key] = float(row["val_loss"])
         self.log_lrs = sorted({k[3] for k in self.table})
         self.name = f"measured ({self.path.stem})"
-        self.description = f"tiny LLaMA, real training, {len(self.table)} grid points ({self.path.name})"
+        models = [c[len("model: "):].split(",")[0] for c in comments if c.startswith("model: ")]
+        model = models[-1] if models else "tiny LLaMA"  # the tiny model's CSVs predate the model line
+        self.description = f"{model}, real training, {len(self.table)} grid points ({self.path.name})"
         self._check_complete()
         self.optimum = min(self.table.values())
 

@@ -4,13 +4,16 @@
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python -m benchmarks.make_landscape --full     # 3 x 4 x 2 x 4 = 96 points
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python -m benchmarks.make_landscape --curves   # 48 points x 8 checkpoints
     python -m benchmarks.make_landscape --quick                                       # 2 points, a smoke test
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python -m benchmarks.make_landscape --model smollm2   # the real model:
+        24 points x 8 checkpoints -> benchmarks/data/landscape_smollm2.csv (after python -m fixtures --real)
 
 Why: a search benchmark on made-up functions only says so much; this one replays
 validation losses that the real training path produced. Every grid point
 (rank x alpha multiple x dropout x lr) is evaluated by `blackbox.evaluate.evaluate`
 (the function behind `python -m blackbox`: accelerate launch blackbox/train.py,
 then the validation loss) on a copy of experiments/demo (the generated tiny LLaMA
-and synthetic data) with a short training budget (train.max_steps).
+and synthetic data), or with --model smollm2 of experiments/smollm2-135m (the real pretrained
+SmolLM2-135M-Instruct on the chat data), with a short training budget (train.max_steps).
 
 Resumable: the copy lives in .cache/benchmarks/<name>/ and its run store caches
 every finished point, so a stopped run picks up where it was; the CSV is rewritten
@@ -44,6 +47,7 @@ from core.space import canonical  # noqa: E402
 from core.store import RunStore  # noqa: E402
 
 DEMO = REPO / "experiments" / "demo"
+SOURCES = {"tiny": DEMO, "smollm2": REPO / "experiments" / "smollm2-135m"}  # --model: the experiment copied
 WORK = REPO / ".cache" / "benchmarks"
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -56,23 +60,32 @@ GRIDS = {
     "quick": {"ranks": [4], "multiples": [1], "dropouts": [0.0], "lrs": [1e-3, 1e-2], "max_steps": 2},
     "curves": {"ranks": [4, 8, 16], "multiples": [1, 2], "dropouts": [0.0, 0.1],
                "lrs": [1e-3, 10 ** -2.5, 1e-2, 10 ** -1.5], "max_steps": 32, "eval_every": 0.125},
+    # The real model: 16 steps of 8 conversations (2/3 of experiments/smollm2-135m's budget, for time:
+    # ~2.5 min a point on one thread), validation every 2 steps. lr 10^-3.5 was measured too and left out
+    # for time: 2.92-2.94 against 1.39 at the best lr, far from the optimum.
+    "smollm2": {"ranks": [4, 16], "multiples": [1, 2], "dropouts": [0.0, 0.1],
+                "lrs": [1e-3, 10 ** -2.5, 1e-2], "max_steps": 16, "eval_every": 0.125},
 }
 COLUMNS = ["rank", "alpha_multiple", "alpha", "dropout", "lr", "log10_lr", "val_loss", "train_loss",
            "train_seconds", "wall_seconds", "state", "run_id"]
 
 
-def make_experiment(name: str, max_steps: int, eval_every: float | None = None) -> Path:
-    """A copy of experiments/demo: absolute asset paths, validation loss only, max_steps training steps
-    (eval_every: the learning curve's checkpoints, as train.eval_every)."""
+def make_experiment(name: str, max_steps: int, eval_every: float | None = None, model: str = "tiny") -> Path:
+    """A copy of experiments/demo (or --model's experiment): absolute asset paths, validation loss only,
+    max_steps training steps (eval_every: the learning curve's checkpoints, as train.eval_every)."""
     from fixtures import make_assets
+    from fixtures.real import make_real
 
     make_assets()  # the tiny LLaMA and data of the demo (instant when already generated)
-    raw = yaml.safe_load((DEMO / "experiment.yaml").read_text())
+    if model == "smollm2":
+        make_real()  # the converted SmolLM2 (instant when already converted)
+    source_dir = SOURCES[model]
+    raw = yaml.safe_load((source_dir / "experiment.yaml").read_text())
     raw["name"] = name
-    raw["description"] = f"benchmarks/make_landscape.py: demo copy, {max_steps} training steps per point"
-    raw["model"]["path"] = str((DEMO / raw["model"]["path"]).resolve())
+    raw["description"] = f"benchmarks/make_landscape.py: {source_dir.name} copy, {max_steps} training steps per point"
+    raw["model"]["path"] = str((source_dir / raw["model"]["path"]).resolve())
     for source in raw["data"]["sources"]:
-        source["path"] = str((DEMO / source["path"]).resolve())
+        source["path"] = str((source_dir / source["path"]).resolve())
     raw["train"]["max_steps"] = max_steps
     raw["train"]["logging_steps"] = max(1, max_steps // 3)
     if eval_every:
@@ -110,33 +123,41 @@ def space_of(grid: dict) -> dict:
             "lr": {"log10": [min(logs), max(logs)], "x0": min(lrs)} if len(lrs) > 1 else lrs[0]}
 
 
+MODELS = {"tiny": "tiny generated LLaMA, synthetic Alpaca+Dolly data",
+          "smollm2": "SmolLM2-135M-Instruct, real pretrained, synthetic chat data in its ChatML template"}
+
+
 def header(args, grid: dict, experiment: Path, n_done: int, n_total: int) -> str:
     import importlib.metadata as md
 
     versions = {p: md.version(p) for p in ("torch", "transformers", "peft", "accelerate")}
+    config = load_config(experiment)
     lines = [
         "Real LoRA-HPO landscape measured with this project's blackbox (blackbox.evaluate.evaluate).",
         f"command: python -m benchmarks.make_landscape {' '.join(sys.argv[1:])}".rstrip(),
-        f"experiment: copy of experiments/demo in {experiment.relative_to(REPO)} (tiny generated LLaMA, "
-        f"synthetic Alpaca+Dolly data), train.max_steps={grid['max_steps']}, batch 16, cosine, seed 42, "
+        f"model: {MODELS[args.model]}",
+        f"experiment: copy of experiments/{SOURCES[args.model].name} in {experiment.relative_to(REPO)}, "
+        f"train.max_steps={grid['max_steps']}, batch {config.train.per_device_batch_size * config.train.grad_accum}, "
+        f"{config.train.lr_scheduler}, seed {config.train.seed}, "
         + (f"train.eval_every={grid['eval_every']} (learning curve), " if grid.get("eval_every") else "") +
         "objective = validation loss",
         f"grid: ranks {grid['ranks']} x alpha multiples {grid['multiples']} x dropouts {grid['dropouts']} "
         f"x lr {[canonical(x) for x in grid['lrs']]}; finished {n_done} of {n_total}",
         f"written: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; machine: {platform.machine()} "
         f"{os.cpu_count()} CPU(s), no GPU; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
-        f"versions: {json.dumps(versions)}; fixture STAMP: {_fixture_stamp()}",
+        f"versions: {json.dumps(versions)}; fixture STAMP: {_fixture_stamp(args.model)}",
         "replay (benchmarks/landscapes.py): lr is snapped to the nearest grid value in log10",
         f"space: {json.dumps(space_of(grid))}",
     ]
     return "".join(f"# {line}\n" for line in lines)
 
 
-def _fixture_stamp() -> str:
-    """The demo assets' STAMP (generator and library versions): a regenerated tiny model is another landscape."""
+def _fixture_stamp(model: str) -> str:
+    """The model's fixture STAMP (generator and library versions): a regenerated model is another landscape."""
     from fixtures import DEFAULT_OUT
+    from fixtures.real import DEFAULT_REAL_OUT
 
-    stamp = Path(DEFAULT_OUT) / "STAMP"
+    stamp = Path(DEFAULT_REAL_OUT if model == "smollm2" else DEFAULT_OUT) / "STAMP"
     return stamp.read_text().strip() if stamp.exists() else "unknown"
 
 
@@ -157,16 +178,26 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="2 points of 2 steps: checks the pipeline")
     p.add_argument("--curves", action="store_true",
                    help="48 points with their learning curves (8 checkpoints) -> benchmarks/data/curves.csv")
+    p.add_argument("--model", choices=sorted(SOURCES), default="tiny",
+                   help="tiny: the demo's generated LLaMA (default); smollm2: the real SmolLM2-135M-Instruct, "
+                        "its own grid of 24 points with learning curves -> benchmarks/data/landscape_smollm2.csv")
     p.add_argument("--max-steps", type=int, help="training steps per point (default: the grid's)")
     p.add_argument("--out", help="CSV path (default: benchmarks/data/landscape_<grid>.csv; --quick: .cache/benchmarks/)")
     args = p.parse_args(argv)
 
-    name = "quick" if args.quick else "full" if args.full else "curves" if args.curves else "small"
+    if args.model != "tiny" and (args.full or args.curves):
+        raise SystemExit("--model smollm2 has its own grid: leave out --full and --curves")
+    name = "quick" if args.quick else args.model if args.model != "tiny" else "full" if args.full \
+        else "curves" if args.curves else "small"
     grid = dict(GRIDS[name])
+    if args.quick and args.model != "tiny":
+        grid["lrs"] = GRIDS[args.model]["lrs"][:2]  # the model's own lr scale
     if args.max_steps:
         grid["max_steps"] = args.max_steps
     eval_every = grid.get("eval_every")
-    experiment = make_experiment(f"landscape-{grid['max_steps']}steps", grid["max_steps"], eval_every)  # grids share runs
+    prefix = "landscape" if args.model == "tiny" else f"landscape-{args.model}"
+    experiment = make_experiment(f"{prefix}-{grid['max_steps']}steps", grid["max_steps"], eval_every,
+                                 args.model)  # grids of one model share runs
     default = DATA / "curves.csv" if args.curves else (WORK if args.quick else DATA) / f"landscape_{name}.csv"
     out = Path(args.out) if args.out else default
     columns = COLUMNS + [f"val_loss@{checkpoint_key(f)}" for f in checkpoints(eval_every)] if eval_every else COLUMNS

@@ -3,10 +3,12 @@
     OMP_NUM_THREADS=1 python -m benchmarks.pruning             # 20 seeds, the paper templates' settings (~1 min)
     OMP_NUM_THREADS=1 python -m benchmarks.pruning --tune      # + a sweep of pruning settings on tuning seeds (~5 min)
     python -m benchmarks.pruning --quick                       # 2 seeds, budget 20: a smoke test
+    OMP_NUM_THREADS=1 python -m benchmarks.pruning --curves benchmarks/data/landscape_smollm2.csv   # the real model
 
 Why: pruning (core/pruning.py) claims to save training time without losing the optimum. This
 replays real learning curves (benchmarks/data/curves.csv: the tiny model's validation loss at
 8 checkpoints of each of the 48 grid points, from `python -m benchmarks.make_landscape --curves`)
+(or, with --curves, another such table: the real SmolLM2-135M's 24 points, landscape_smollm2.csv)
 and counts training-hours as a search pays them: a full run is 1.0, a run stopped at 25% is
 0.25, a point asked again is free (the run store answers it; a pruned one stays pruned). The
 count stops when a completed run is within 1% of the table's optimum (a pruned run keeps no
@@ -341,15 +343,15 @@ def grid_starts(curves: Curves) -> list[dict]:
 
 
 def measure(method: str, settings: dict | None, seeds: list[int], budget: int, variant: dict,
-            starts: list[dict] | None = None) -> dict:
+            starts: list[dict] | None = None, csv_path: Path = CURVES_CSV) -> dict:
     """The summary of one method and pruning setting over the seeds (or, with starts, over NOMAD starts at seed
     seeds[0])."""
-    optimum = Curves().optimum
+    optimum = Curves(csv_path).optimum
     if method == "Optuna TPE":
-        return summarize([run_tpe(settings, s, budget) for s in seeds], optimum)
+        return summarize([run_tpe(settings, s, budget, csv_path) for s in seeds], optimum)
     if starts:
-        return summarize([run_nomad(variant, settings, seeds[0], budget, x0) for x0 in starts], optimum)
-    return summarize([run_nomad(variant, settings, s, budget) for s in seeds], optimum)
+        return summarize([run_nomad(variant, settings, seeds[0], budget, x0, csv_path) for x0 in starts], optimum)
+    return summarize([run_nomad(variant, settings, s, budget, None, csv_path) for s in seeds], optimum)
 
 
 def print_table(title: str, rows: list[tuple[str, dict | None, dict]], baseline: dict) -> None:
@@ -370,12 +372,12 @@ SWEEP = [{"eval_every": e, "warmup": w, "percentile": p, "min_runs": m}
          for e in (0.25, 0.125) for w in (0.25, 0.5) for p in (50.0, 75.0) for m in (5, 3)]
 
 
-def tune(variant: dict, seeds: list[int], budget: int) -> list[dict]:
+def tune(variant: dict, seeds: list[int], budget: int, csv_path: Path = CURVES_CSV) -> list[dict]:
     """NOMAD with each SWEEP setting on the tuning seeds: those that meet the goal, the lowest ratio first."""
-    off = measure("NOMAD", None, seeds, budget, variant)
+    off = measure("NOMAD", None, seeds, budget, variant, csv_path=csv_path)
     rows, good = [("NOMAD", None, off)], []
     for settings in SWEEP:
-        on = measure("NOMAD", settings, seeds, budget, variant)
+        on = measure("NOMAD", settings, seeds, budget, variant, csv_path=csv_path)
         rows.append(("NOMAD", settings, on))
         if meets_goal(on, off):
             good.append((ratio(on, off), SWEEP.index(settings), settings))
@@ -395,12 +397,15 @@ def main(argv=None) -> int:
                    help=f"also sweep pruning settings (tuning seeds {TUNE_SEEDS}.., disjoint) and report those "
                         "meeting the goal")
     p.add_argument("--starts", action="store_true",
-                   help="also NOMAD from every grid point as X0 (seed 0): 48 different searches")
+                   help="also NOMAD from every grid point as X0 (seed 0): one search per grid point")
+    p.add_argument("--curves", type=Path, default=CURVES_CSV,
+                   help="the measured curves (default: the tiny model's benchmarks/data/curves.csv; the real model's: "
+                        "benchmarks/data/landscape_smollm2.csv, from make_landscape --model smollm2)")
     args = p.parse_args(argv)
     budget, n_seeds = (20, 2) if args.quick else (args.budget, args.seeds)
     seeds = list(range(n_seeds))
     settings, variant = template_settings()
-    curves = Curves()
+    curves = Curves(args.curves)
     t0 = time.time()
     print(f"# Pruning on measured learning curves ({curves.path.name}: {len(curves.curves)} points, checkpoints "
           f"{[f'{f:g}' for f in curves.fractions]}); optimum {curves.optimum:.4f} (1% target "
@@ -410,18 +415,19 @@ def main(argv=None) -> int:
 
     chosen = [settings]
     if args.tune:
-        chosen += [s for s in tune(variant, list(range(TUNE_SEEDS, TUNE_SEEDS + n_seeds)), budget) if s != settings]
-    baseline = {m: measure(m, None, seeds, budget, variant) for m in ("NOMAD", "Optuna TPE")}
+        chosen += [s for s in tune(variant, list(range(TUNE_SEEDS, TUNE_SEEDS + n_seeds)), budget, args.curves)
+                   if s != settings]
+    baseline = {m: measure(m, None, seeds, budget, variant, csv_path=args.curves) for m in ("NOMAD", "Optuna TPE")}
     rows = []
     for method in ("NOMAD", "Optuna TPE"):
         rows.append((method, None, baseline[method]))
-        rows += [(method, s, measure(method, s, seeds, budget, variant)) for s in chosen]
+        rows += [(method, s, measure(method, s, seeds, budget, variant, csv_path=args.curves)) for s in chosen]
     print_table(f"Reporting seeds {seeds[0]}..{seeds[-1]}, budget {budget}: the templates' settings first"
                 + (", then those that met the goal on the tuning seeds" if args.tune else ""), rows, baseline)
     if args.starts:
         starts = grid_starts(curves)
-        off = measure("NOMAD", None, seeds, budget, variant, starts)
-        rows = [("NOMAD", None, off)] + [("NOMAD", s, measure("NOMAD", s, seeds, budget, variant, starts))
+        off = measure("NOMAD", None, seeds, budget, variant, starts, args.curves)
+        rows = [("NOMAD", None, off)] + [("NOMAD", s, measure("NOMAD", s, seeds, budget, variant, starts, args.curves))
                                          for s in chosen]
         print_table(f"NOMAD from each of the {len(starts)} grid points as X0 (seed {seeds[0]}, budget {budget})",
                     rows, {"NOMAD": off})
