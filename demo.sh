@@ -8,4 +8,4 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 .venv/bin/python -m fixtures
 .venv/bin/python -m bbo run experiments/demo "$@"
-.venv/bin/python -m bbo report experiments/demo
+.venv/bin/python -m bbo report experiments/demo "$@"

@@ -3,12 +3,13 @@
     python -m bbo run experiments/demo [key=value ...] [--retry-failed]   # NOMAD search (PyNomad in a child)
     python -m bbo plan experiments/demo [--gpus 4xA100-80GB]             # checks, memory and time, before any GPU time
     python -m bbo confirm experiments/demo --top 3 --seeds 2  # the best points again with other seeds
+    python -m bbo baseline experiments/demo              # the base model without an adapter, measured once
     python -m bbo check experiments/demo                 # validate experiment.yaml and param.txt
     python -m bbo paramfile experiments/demo             # (re)write param.txt and bb.sh from experiment.yaml
     python -m bbo status experiments/demo                # counts, best so far, running trainings, ETA
     python -m bbo results experiments/demo [key=value ...] [--csv F] [--parquet F]   # the search's overrides, if any
     python -m bbo plot experiments/demo [more experiments ...]
-    python -m bbo report experiments/demo
+    python -m bbo report experiments/demo [key=value ...]     # the search's overrides, if any
     python -m bbo export experiments/demo --best out/demo-best [--merge] [--force]   # the adapter out
 """
 from __future__ import annotations
@@ -113,6 +114,31 @@ def cmd_finalists(args) -> int:
     return _finalists(config, args.overrides, checkout_env(BBO_DRIVER_PID=str(os.getpid())))
 
 
+def cmd_baseline(args) -> int:
+    """The base model without an adapter, with the experiment's metrics: measured once, then read."""
+    import json
+
+    from bbo.search import measure_baseline
+    from core.baseline import baseline_dir, read_baseline
+    from core.preflight import GPU_SLOTS_ENV, check_before_training
+    from core.procs import checkout_env
+
+    config = load_config(args.experiment, args.overrides)
+    if read_baseline(config) is None:
+        slots, warnings = check_before_training(config)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        env = checkout_env(BBO_DRIVER_PID=str(os.getpid()), **{GPU_SLOTS_ENV: json.dumps(slots)})
+        rc = measure_baseline(config, args.overrides, env)
+        if rc != 0:
+            return rc
+    result = read_baseline(config)
+    print(f"base model (no adapter) of {config.name}: {baseline_dir(config)}")
+    for metric in config.objective.base_metrics:
+        print(f"  {metric}: {result[metric]:.6g}")
+    return 0
+
+
 def cmd_confirm(args) -> int:
     """Train the best points again with other seeds, after a search (or again: answered from disk)."""
     from core.procs import checkout_env
@@ -179,10 +205,10 @@ def cmd_status(args) -> int:
 
 def cmd_results(args) -> int:
     from bbo.results import load_runs
-    from bbo.summary import table_text
+    from bbo.summary import feasibility_text, table_text
 
     frames = load_runs(args.experiment, args.overrides)  # the search's overrides: its metric names the objective
-    print(table_text(frames, top=args.top))
+    print("\n".join([table_text(frames, top=args.top), *feasibility_text(frames)]))
     if args.csv:
         frames.to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")
@@ -203,7 +229,7 @@ def cmd_plot(args) -> int:
 def cmd_report(args) -> int:
     from bbo.report import write_report
 
-    print(f"wrote {write_report(args.experiment)}")
+    print(f"wrote {write_report(args.experiment, overrides=args.overrides)}")
     return 0
 
 
@@ -250,6 +276,10 @@ def main(argv=None) -> int:
     s.add_argument("--top", type=int, help="how many of the best points (default: confirm.top, else 3)")
     s.add_argument("--seeds", type=int, help="other seeds per point (default: confirm.seeds)")
     s.set_defaults(fn=cmd_confirm)
+    s = sub.add_parser("baseline", help="measure the base model without an adapter (once; constraints' `base`)")
+    s.add_argument("experiment")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.set_defaults(fn=cmd_baseline)
     s = sub.add_parser("finalists", help="the best points on the full MMLU (objective.finalists), no retraining")
     s.add_argument("experiment")
     s.add_argument("overrides", nargs="*", metavar="key=value")
@@ -271,6 +301,7 @@ def main(argv=None) -> int:
     s.set_defaults(fn=cmd_plot)
     s = sub.add_parser("report", help="write a Markdown report with figures")
     s.add_argument("experiment")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
     s.set_defaults(fn=cmd_report)
     s = sub.add_parser("export", help="write the adapter (or the merged model) of a run to a folder")
     s.add_argument("experiment")

@@ -25,7 +25,7 @@ import pandas as pd
 from bbo.results import load_runs
 from core.config import ExperimentConfig, confirm_seeds
 from core.nomadtext import NOMAD_DIR, point_file
-from core.store import State
+from bbo.summary import candidates
 
 # Two-sided 95% quantiles of Student's t, by degrees of freedom (more than 30: the normal's 1.96).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -41,8 +41,7 @@ def t95(df: float) -> float:
 
 def finalists(df: pd.DataFrame, top: int) -> pd.DataFrame:
     """The `top` best ok points of the search (what NOMAD or a user evaluated, not confirmation runs)."""
-    ok = df[df["status"].eq(State.OK) & df["objective"].notna()]
-    return ok.sort_values("objective", kind="stable").head(top)
+    return candidates(df).sort_values("objective", kind="stable").head(top)  # feasible ones, with constraints
 
 
 def run_confirm(config: ExperimentConfig, overrides: list[str], top: int, seeds: int, env: dict) -> int:

@@ -120,7 +120,12 @@ def restart_lines(lines: list[str], folder: Path, spent: int, restart: int, fres
           and c["outputs"][obj] == c["outputs"][obj]]
     if not ok:
         return None
-    best = min(ok, key=lambda c: c["outputs"][obj])["x"]
+    cons = [i for i, t in enumerate(outputs) if t in ("PB", "EB")]  # the best feasible point, else the least infeasible
+
+    def violation(c) -> float:
+        return sum(max(float(c["outputs"][i]), 0.0) ** 2 for i in cons if i < len(c["outputs"]))
+
+    best = min(ok, key=lambda c: (violation(c), c["outputs"][obj]))["x"]
     dimension = int(entries["DIMENSION"][-1])
     seed = int(entries.get("SEED", ["0"])[-1]) + restart
     # after a start that found nothing new, many: NOMAD evaluates them until MAX_BB_EVAL, skipping cached ones
@@ -170,7 +175,8 @@ def rotate_stale_nomad_files(config) -> None:
     """NOMAD's cache is only valid for one problem: when the settings that shape the answers
     change, set the old files aside (the run folders stay the truth and are reused where they match)."""
     blob = json.dumps({"fixed": config.fingerprint(), "space": config.space.to_dict(),
-                       "outputs": config.objective.outputs, "metric": config.objective.metric},
+                       "outputs": config.objective.outputs, "metric": config.objective.metric,
+                       "constraints": [(c.label, c.barrier) for c in config.objective.constraints]},
                       sort_keys=True, default=str)
     signature = hashlib.sha256(blob.encode()).hexdigest()[:16]
     folder = config.dir / NOMAD_DIR

@@ -30,7 +30,7 @@ def render(config: ExperimentConfig) -> str:
         f"# Variables: {decoded}; outputs: {' '.join(config.objective.outputs)}",
     ]
     lines += render_params(
-        input_types=space.input_types, extra_outputs=len(config.objective.extra_outputs),
+        input_types=space.input_types, output_types=config.objective.output_types,
         x0=found[0] if found is not None else space.x0, lower=space.lower, upper=space.upper,
         budget=config.nomad.budget, seed=config.nomad.seed, bb_exe="bb.sh", block_size=config.launch.parallel,
         lh_search=config.nomad.lh_search,

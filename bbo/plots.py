@@ -33,14 +33,15 @@ LABELS = {"rank": "LoRA rank r", "alpha": "LoRA alpha", "alpha_over_rank": "alph
           "lr": "learning rate"}
 
 
-def plot_experiments(dirs, out_dir=None) -> list[Path]:
-    """Write every figure for the experiments `dirs`; returns the PNG paths (default folder <first>/report/)."""
+def plot_experiments(dirs, out_dir=None, overrides: list[str] = ()) -> list[Path]:
+    """Write every figure for the experiments `dirs`; returns the PNG paths (default folder <first>/report/).
+    overrides: a search's `key=value` pairs, for one experiment."""
     dirs = [Path(d) for d in ([dirs] if isinstance(dirs, (str, Path)) else dirs)]
     if not dirs:
         raise ValueError("plot: give at least one experiment folder")
     frames = []
     for d in dirs:
-        df = load_runs(d)
+        df = load_runs(d, overrides)
         frames.append((df.attrs.get("experiment") or d.name, df))
     out = Path(out_dir) if out_dir else dirs[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -49,13 +50,40 @@ def plot_experiments(dirs, out_dir=None) -> list[Path]:
         paths.append(objective_vs(frames, hp, out / f"objective_vs_{hp}.png"))
     paths.append(parallel_coordinates(frames, out / "parallel_coordinates.png"))
     if len(dirs) == 1:
-        seeds = load_confirm_runs(dirs[0])
+        seeds = load_confirm_runs(dirs[0], overrides)
         if len(seeds):
             paths.append(confirm_seeds(seeds, out / "confirm_seeds.png"))
-        curves = load_curves(dirs[0])
+        curves = load_curves(dirs[0], overrides)
         if len(curves):
             paths.append(learning_curves(curves, out / "learning_curves.png"))
+        df = frames[0][1]
+        for name, label in (df.attrs.get("constraints") or {}).items():
+            if name in df and df[name].notna().any():
+                paths.append(objective_vs_constraint(df, name, label, out / f"constraint_{name}.png"))
     return paths
+
+
+def objective_vs_constraint(df: pd.DataFrame, name: str, label: str, path: Path) -> Path:
+    """Objective against one constraint's value (NOMAD's: <= 0 feasible, shaded); star: the best feasible point."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    values = pd.to_numeric(df[name], errors="coerce").astype("float64")
+    shown = _ok(df) & np.isfinite(values)
+    ax.scatter(values[shown], df.loc[shown, "objective"], color="C0", alpha=0.8)
+    feasible = shown & df["feasible"].eq(True)
+    if feasible.any():
+        top = df.loc[feasible, "objective"].idxmin()
+        ax.scatter([values[top]], [df.loc[top, "objective"]], marker="*", s=200, color="C0", edgecolor="black", zorder=3)
+    low, high = (min(values[shown].min(), 0.0), max(values[shown].max(), 0.0)) if shown.any() else (-1.0, 1.0)
+    pad = 0.05 * (high - low or 1.0)
+    ax.set_xlim(low - pad, high + pad)
+    ax.axvspan(low - pad, 0.0, color="C2", alpha=0.15, label=f"{label} holds")
+    ax.axvline(0.0, color="C2", linewidth=1)
+    ax.set_xlabel(f"{name} (NOMAD's constraint value: <= 0 feasible)")
+    ax.set_ylabel(_ylabel([("", df)]))
+    ax.set_title(f"Objective vs {label} (star: best feasible)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
 
 
 def learning_curves(curves: pd.DataFrame, path: Path) -> Path:

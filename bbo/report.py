@@ -16,7 +16,8 @@ import pandas as pd
 from bbo.confirm import finalist_stats, margin_sentence
 from bbo.plots import plot_experiments
 from bbo.results import load_runs
-from bbo.summary import best, describe_point, finalists_table, missing, ranked, ranking_sentence, x0_row
+from bbo.summary import (base_text, best, describe_point, feasibility_text, finalists_table, missing, ranked,
+                         ranking_sentence, tightest_constraint, x0_row)
 from core.config import load_config
 from core.objective import objective_label
 from core.store import FINISHED, State
@@ -28,13 +29,13 @@ FIGURE_TITLES = {"best_so_far": "Best objective so far", "parallel_coordinates":
                  "confirm_seeds": "Finalists: objective per seed", "learning_curves": "Learning curves"}
 
 
-def write_report(experiment_dir, top: int = 5) -> Path:
+def write_report(experiment_dir, top: int = 5, overrides: list[str] = ()) -> Path:
     """Write <experiment>/report/report.md (figures beside it, linked relatively); returns its path."""
-    config = load_config(experiment_dir)
-    df = load_runs(config.dir)
+    config = load_config(experiment_dir, overrides)  # the search's overrides (its constraints, say)
+    df = load_runs(config.dir, overrides)
     out_dir = config.dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = plot_experiments([config.dir], out_dir=out_dir)
+    figures = plot_experiments([config.dir], out_dir=out_dir, overrides=overrides)
     label = objective_label(config.objective.metric)
 
     lines = [f"# HPO report: {config.name}", ""]
@@ -44,6 +45,7 @@ def write_report(experiment_dir, top: int = 5) -> Path:
               f"{', '.join(config.space.names())} (NOMAD budget {config.nomad.budget} new evaluations). "
               f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{config.dir}`.", ""]
     lines += _best_section(df, label)
+    lines += _constraints_section(df)
     lines += _x0_section(df, config, label)
     lines += _top_section(df, top, label)
     lines += _finalists_section(df, config)
@@ -76,6 +78,19 @@ def _best_section(df, label) -> list[str]:
     rows += [(c, _fmt(top[c])) for c in top.index
              if c.startswith("mmlu_") and c not in ("mmlu_n", "mmlu_stderr", "mmlu_seconds") and not missing(top[c])]
     return lines + markdown_table(pd.DataFrame(rows, columns=["", "best"])) + [""]
+
+
+def _constraints_section(df) -> list[str]:
+    """objective.constraints and the base model: which runs are feasible, and the best point that is not."""
+    lines = feasibility_text(df)
+    top = best(df)
+    if top is not None:
+        lines += base_text(df, top)
+    elif df.attrs.get("constraints") and "feasible" in df and df["feasible"].notna().any():
+        lines.append(f"No feasible point: the tightest constraint is {tightest_constraint(df)}.")
+    if not lines:
+        return []
+    return ["## Constraints and the base model", ""] + [f"- {line}" for line in lines] + [""]
 
 
 def _x0_section(df, config, label) -> list[str]:

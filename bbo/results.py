@@ -14,13 +14,15 @@ Columns are flat (one value per cell) so CSV and Parquet hold the same table:
     ok | failed | pruned | running; or incomplete: no status.json), reason, error_kind (oom, diverged, timeout, crash, ...),
     cached (the first answer came from a finished run), n_answers, cached_hits, source (nomad | hand),
     x_<name> (NOMAD coordinates), rank, alpha, alpha_over_rank, dropout, lr,
-    objective, val_loss, mmlu (with mmlu.search_limit when set: mmlu_limit), mmlu_<subject>...,
+    objective, objective_vs_base (the objective minus the base model's, once `bbo baseline` measured it),
+    val_loss, mmlu (with mmlu.search_limit when set: mmlu_limit), mmlu_<subject>...,
     mmlu_full (objective.finalists: MMLU with mmlu.limit, from mmlu_full.json), train_loss, train_seconds, eval_seconds,
     wall_seconds, tokens_per_second, started, finished (UTC), attempt, device, num_processes,
     slurm_job, slurm_node, slurm_state (launch.executor=slurm), adapter (kept | removed by
     train.keep_adapters | None: a failed or pruned run never had one), seed, seeds_n, seeds_mean, seeds_std
     (bbo confirm), then any other number of metrics.json (steps, val_tokens, mmlu_stderr, trained_fraction,
-    pruned_at, ...) and the learning curve (val_loss@0.25, val_loss@0.5, ... from curve.json), sorted.
+    pruned_at, ...) and the learning curve (val_loss@0.25, val_loss@0.5, ... from curve.json), sorted;
+    with objective.constraints, last: c_<metric> per constraint (NOMAD's value, <= 0 feasible) and feasible.
     The curves one row per checkpoint: load_curves.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.adapters import adapter_state
+from core.baseline import read_baseline
 from core.config import ExperimentConfig, load_config
 from core.pruning import key as checkpoint_key
 from core.pruning import read_curve
@@ -64,11 +67,33 @@ def load_runs(experiment_dir: str | Path, overrides: list[str] = ()) -> pd.DataF
     config = load_config(experiment_dir, overrides)
     rows, extra = _rows(config)
     df = _typed_frame(rows, _base_columns(config.space.names()), config)
+    df = _with_constraints(df, config, read_baseline(config))
     unanswered = df["order"].isna()
     if unanswered.any():  # runs never recorded (a crash before record): after the others, by start time
         df = pd.concat([df[~unanswered], df[unanswered].sort_values("started", kind="stable")], ignore_index=True)
     df = _with_seed_summary(df, extra)
     df.attrs.update(frame_attrs(config))
+    return df
+
+
+def _with_constraints(df: pd.DataFrame, config: ExperimentConfig, base: dict | None) -> pd.DataFrame:
+    """objective_vs_base (the objective minus the base model's, when it is measured), and with
+    objective.constraints a c_<metric> column per constraint (NOMAD's value: <= 0 feasible, inf for a metric
+    the run never measured) and `feasible` (<NA> for a run that is neither ok nor pruned, or when a bound
+    names a base model not measured yet)."""
+    objective = config.objective
+    if base and isinstance(base.get(objective.metric), (int, float)):
+        df["objective_vs_base"] = df["objective"] - objective.to_objective(base)
+    if not objective.constraints:
+        return df
+    answered = df["status"].isin([State.OK, State.PRUNED])
+    can_bound = base is not None or not objective.uses_base
+    for name, constraint in zip(objective.constraint_names, objective.constraints):
+        df[name] = [constraint.value({k: v for k, v in row.items() if pd.notna(v)}, base) if ok and can_bound
+                    else float("nan") for ok, (_, row) in zip(answered, df.iterrows())]
+    values = df[objective.constraint_names]
+    df["feasible"] = pd.array([bool((v <= 0).all()) if ok and can_bound else pd.NA
+                               for ok, (_, v) in zip(answered, values.iterrows())], dtype="boolean")
     return df
 
 
@@ -264,7 +289,9 @@ def typed(s: pd.Series, col: str, integer_x: set) -> pd.Series:
 def frame_attrs(config: ExperimentConfig) -> dict:
     """df.attrs of a table: what the summaries need to know about the experiment (metric, X0, names)."""
     return {"experiment": config.name, "metric": config.objective.metric, "x0": list(config.space.x0),
-            "names": config.space.names(), "budget": config.nomad.budget}
+            "names": config.space.names(), "budget": config.nomad.budget,
+            "constraints": dict(zip(config.objective.constraint_names, (c.label for c in config.objective.constraints))),
+            "base": read_baseline(config)}
 
 
 def compare(dirs: list[str | Path]) -> pd.DataFrame:

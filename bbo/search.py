@@ -68,6 +68,8 @@ def run_search(experiment: str | Path, overrides: list[str] | tuple[str, ...] = 
     from core.nomadtext import CACHE_FILE, NOMAD_DIR, drop_failed
     from core.preflight import GPU_SLOTS_ENV, check_before_training
     from core.adapters import prune as prune_adapters
+    from core.baseline import read_baseline
+    from core.constraints import feasibility
     from core.procs import checkout_env, die_with_parent
 
     overrides = list(overrides)
@@ -93,6 +95,14 @@ def run_search(experiment: str | Path, overrides: list[str] | tuple[str, ...] = 
                        BBO_SEARCH_ID=search, BBO_RETRY_FAILED="1" if retry_failed else "0",
                        BBO_RETRY_PRUNED="1" if retry_pruned else "0",
                        **{GPU_SLOTS_ENV: json.dumps(slots)})  # checked above: the blackboxes need not import torch
+    if config.objective.uses_base:  # a constraint bounded by the base model: measured once, before NOMAD
+        rc = measure_baseline(config, overrides, env)
+        if rc != 0:
+            from core.failures import Kind, fix_for
+
+            result = _result(config, overrides, search, exit_code=1 if rc == 1 else rc, finished=False)
+            result.error = f"the base model could not be measured (exit {rc}); nothing was trained; fix: {fix_for(Kind.BASELINE)}"
+            return result
     echo(f"NOMAD search: {config.name}, budget {config.nomad.budget}, {config.space.dimension} variables "
          f"({' '.join(config.space.names())}); {config.launch.parallel} at a time on {_where(config, slots)}; "
          f"runs in {config.dir / 'runs'}")
@@ -112,7 +122,8 @@ def run_search(experiment: str | Path, overrides: list[str] | tuple[str, ...] = 
         proc.wait()
         raise
     # each evaluation applied train.keep_adapters already; a rerun with a stricter setting applies it too
-    prune_adapters(config.dir, config.train.adapters_kept, config.train.keep_adapters)
+    prune_adapters(config.dir, config.train.adapters_kept, config.train.keep_adapters,
+                   feasibility(config.objective, read_baseline(config)))
     result = _result(config, overrides, search)
     from core.failures import read_stop
 
@@ -128,7 +139,7 @@ def run_search(experiment: str | Path, overrides: list[str] | tuple[str, ...] = 
     elif rc != 0:
         result.error, result.exit_code, result.finished = f"NOMAD exited with code {rc}", rc, False
     else:
-        result.error = no_success_error(config, search)
+        result.error = no_success_error(config, search) or no_feasible_error(result.table)
         result.exit_code = 1 if result.error else 0
     if result.ok and config.objective.finalists:  # the k best on the full MMLU (their kept adapters)
         result.exit_code = measure_finalists(config, overrides, env)
@@ -142,6 +153,23 @@ def run_search(experiment: str | Path, overrides: list[str] | tuple[str, ...] = 
         result = _result(config, overrides, search, error=result.error, exit_code=result.exit_code,
                          finalists_measured=result.finalists_measured, confirmed=result.confirmed)
     return result
+
+
+def measure_baseline(config: ExperimentConfig, overrides: list[str], env: dict) -> int:
+    """`python -m blackbox.baseline` (through the executor; stored once per content key); its exit code."""
+    cmd = [sys.executable, "-m", "blackbox.baseline", str(config.dir)]
+    return subprocess.run(cmd, env=dict(env, BBO_OVERRIDES=json.dumps(list(overrides))),
+                          stdout=subprocess.DEVNULL).returncode
+
+
+def no_feasible_error(table: pd.DataFrame) -> str | None:
+    """With constraints: the error line of a search whose ok runs all break one, naming the tightest."""
+    from bbo.summary import best, tightest_constraint
+
+    if "feasible" not in table or not table["feasible"].notna().any() or best(table) is not None:
+        return None
+    return (f"no feasible point: every run breaks a constraint (the tightest: {tightest_constraint(table)}); "
+            "loosen it, widen the space, or raise nomad.budget")
 
 
 def measure_finalists(config: ExperimentConfig, overrides: list[str], env: dict) -> int:

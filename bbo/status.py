@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.baseline import read_baseline
 from core.config import ExperimentConfig
+from core.constraints import feasibility
 from core.objective import objective_label
 from core.progress import describe, duration, read_progress
 from core.store import RunStore, State, budget_use, read_json
@@ -32,6 +34,7 @@ class Run:
     seconds: float | None = None  # started -> finished, for a finished run
     progress: dict | None = None  # progress.json of a running one
     confirms: str | None = None
+    feasible: bool | None = None  # with objective.constraints (core/constraints.py)
 
 
 @dataclass
@@ -45,13 +48,15 @@ class SearchStatus:
     metric: str = "val_loss"
     used: int = 0  # evaluations that count against nomad.budget (core.store.budget_use says which)
     by_hand: int = 0  # finished runs only ever asked by hand: not counted
+    constrained: bool = False  # objective.constraints: the best is the best feasible run
+    base_objective: float | None = None  # the base model's objective (no adapter), when measured
 
     def of(self, state: str) -> list[Run]:
         return [r for r in self.runs if r.state == state and not r.confirms]
 
     @property
     def best(self) -> Run | None:
-        ok = [r for r in self.of(State.OK) if r.objective is not None]
+        ok = [r for r in self.of(State.OK) if r.objective is not None and (r.feasible or not self.constrained)]
         return min(ok, key=lambda r: r.objective) if ok else None
 
     @property
@@ -73,15 +78,20 @@ def search_status(config: ExperimentConfig) -> SearchStatus:
     """The state of every run folder of the experiment."""
     store = RunStore(config.dir)
     status = SearchStatus(config.name, config.dir, budget=config.nomad.budget, parallel=config.launch.parallel,
-                          count_failed=config.nomad.count_failed, metric=config.objective.metric)
+                          count_failed=config.nomad.count_failed, metric=config.objective.metric,
+                          constrained=bool(config.objective.constraints))
+    base = read_baseline(config)
+    if base:
+        status.base_objective = config.objective.to_objective(base)
+    feasible = feasibility(config.objective, base)
     for rid in store.run_ids():
-        status.runs.append(_run(store, rid))
+        status.runs.append(_run(store, rid, feasible))
     use = budget_use(config.dir, config.fingerprint(), config.nomad.count_failed)
     status.used, status.by_hand = use.used, use.by_hand
     return status
 
 
-def _run(store: RunStore, rid: str) -> Run:
+def _run(store: RunStore, rid: str, feasible=None) -> Run:
     run_dir = store.run_dir(rid)
     params = read_json(run_dir / "params.json") or {}
     info = store.status(rid) or {}
@@ -93,6 +103,8 @@ def _run(store: RunStore, rid: str) -> Run:
         metrics = store.metrics(rid) or {}
         if isinstance(metrics.get("objective"), (int, float)):
             run.objective = float(metrics["objective"])
+        if feasible is not None:
+            run.feasible = feasible(metrics)
     if isinstance(info.get("started"), (int, float)) and isinstance(info.get("finished"), (int, float)):
         run.seconds = info["finished"] - info["started"]
     if state == State.RUNNING:
@@ -129,11 +141,19 @@ def status_text(status: SearchStatus) -> str:
     if confirmations:
         lines.append(f"confirmation runs (other seeds): {len(confirmations)}")
     best = status.best
+    what = "best feasible so far" if status.constrained else "best so far"
     if best:
-        lines.append(f"best so far: {objective_label(status.metric)} {best.objective:.6g} at {point_text(best.hp)} "
+        lines.append(f"{what}: {objective_label(status.metric)} {best.objective:.6g} at {point_text(best.hp)} "
                      f"({best.run_id})")
     else:
-        lines.append("best so far: - (no evaluation has succeeded yet)")
+        lines.append(f"{what}: - (no evaluation has succeeded{' feasibly' if status.constrained else ''} yet)")
+    if status.constrained:
+        judged = [r for r in status.of(State.OK) + status.of(State.PRUNED) if r.feasible is not None]
+        lines.append(f"feasible: {sum(bool(r.feasible) for r in judged)} of {len(judged)} runs" if judged or not
+                     status.of(State.OK) else "feasible: unknown until the base model is measured (bbo baseline)")
+    if status.base_objective is not None:
+        vs = f" (best - base: {best.objective - status.base_objective:+.4g})" if best else ""
+        lines.append(f"base model (no adapter): {objective_label(status.metric)} {status.base_objective:.6g}{vs}")
     for run in status.runs:
         if run.state == State.RUNNING:
             progress = describe(run.progress) if run.progress else "starting (no training step yet)"

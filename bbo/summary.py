@@ -19,22 +19,76 @@ from core.store import State
 
 
 def ranked(df: pd.DataFrame) -> pd.DataFrame:
-    """ok rows by objective (best first), then everything else in evaluation order."""
+    """ok rows by objective (best first; with constraints, the feasible ones first), then everything else
+    in evaluation order."""
     if df.empty:
         return df
     ok = df["status"].eq(State.OK) & df["objective"].notna()
     rest = df[~ok]
     if "order" in rest:
         rest = rest.sort_values("order", kind="stable", na_position="last")
-    return pd.concat([df[ok].sort_values("objective", kind="stable"), rest], ignore_index=True)
+    good = df[ok].sort_values("objective", kind="stable")
+    if "feasible" in good:
+        good = pd.concat([good[good["feasible"].eq(True)], good[~good["feasible"].eq(True)]])
+    return pd.concat([good, rest], ignore_index=True)
+
+
+def candidates(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows a best point is chosen from: ok, with an objective, and feasible when the search has
+    constraints (bbo run, export --best, confirm and the report choose among these)."""
+    if df.empty:
+        return df
+    ok = df[df["status"].eq(State.OK) & df["objective"].notna()]
+    return ok[ok["feasible"].eq(True)] if "feasible" in ok else ok
 
 
 def best(df: pd.DataFrame) -> pd.Series | None:
-    """The ok row with the lowest objective (what NOMAD minimised), or None."""
-    ok = df[df["status"].eq(State.OK) & df["objective"].notna()] if len(df) else df
+    """The ok (and feasible) row with the lowest objective (what NOMAD minimised), or None."""
+    ok = candidates(df)
     if ok.empty:
         return None
     return ok.loc[ok["objective"].idxmin()]
+
+
+def best_infeasible(df: pd.DataFrame) -> pd.Series | None:
+    """With constraints: the ok row with the lowest objective among those that break one, or None."""
+    if df.empty or "feasible" not in df:
+        return None
+    ok = df[df["status"].eq(State.OK) & df["objective"].notna() & df["feasible"].eq(False)]
+    return None if ok.empty else ok.loc[ok["objective"].idxmin()]
+
+
+def tightest_constraint(df: pd.DataFrame) -> str | None:
+    """The constraint the most answered runs break (ties: the larger median violation), in words, or None."""
+    labels = df.attrs.get("constraints") or {}
+    answered = df[df["status"].isin([State.OK, State.PRUNED])] if len(df) else df
+    scores = []
+    for name, label in labels.items():
+        if name in answered and answered[name].notna().any():
+            values = answered[name].dropna()
+            broken = values[values > 0]
+            scores.append((len(broken), float(broken.clip(upper=1e300).median()) if len(broken) else 0.0, name, label))
+    if not scores:
+        return None
+    n, _, name, label = max(scores)
+    return f"{name}: {label}, broken by {n} of {len(answered)} runs"
+
+
+def feasibility_text(df: pd.DataFrame) -> list[str]:
+    """With constraints: how many runs are feasible, and the best point that breaks one."""
+    labels = df.attrs.get("constraints") or {}
+    if not labels or "feasible" not in df:
+        return []
+    lines = [f"constraints: {'; '.join(f'{name}: {label}' for name, label in labels.items())} "
+             f"({int(df['feasible'].eq(True).sum())} of {int(df['feasible'].notna().sum())} runs feasible)"]
+    if df["feasible"].isna().all() and df["status"].eq(State.OK).any():
+        lines.append("feasibility: unknown until the base model is measured (python -m bbo baseline <experiment>)")
+    other = best_infeasible(df)
+    if other is not None:
+        broken = [n for n in labels if n in other and not missing(other[n]) and other[n] > 0]
+        lines.append(f"best infeasible point: {describe_point(other)} -> objective {other['objective']:.6g} "
+                     f"(breaks {', '.join(broken)})")
+    return lines
 
 
 def x0_row(df: pd.DataFrame, x0: list | None = None) -> pd.Series | None:
@@ -58,10 +112,10 @@ def x0_row(df: pd.DataFrame, x0: list | None = None) -> pd.Series | None:
 
 
 TABLE_COLUMNS = ["experiment", "order", "status", "rank", "alpha", "alpha_over_rank", "dropout", "lr",
-                 "objective", "seeds_mean", "seeds_std", "seeds_n", "val_loss", "mmlu", "mmlu_full", *ROUGE_METRICS,
+                 "objective", "objective_vs_base", "feasible", "seeds_mean", "seeds_std", "seeds_n", "val_loss", "mmlu", "mmlu_full", *ROUGE_METRICS,
                  "train_loss",
                  "curve", "pruned_at", "wall_seconds", "cached", "cached_hits", "run_id", "reason"]
-OPTIONAL_COLUMNS = {"val_loss", "mmlu", "train_loss", "wall_seconds", "cached", "cached_hits", "run_id", "reason",
+OPTIONAL_COLUMNS = {"objective_vs_base", "feasible", "val_loss", "mmlu", "train_loss", "wall_seconds", "cached", "cached_hits", "run_id", "reason",
                     "seeds_mean", "seeds_std", "seeds_n", "curve", "pruned_at", "mmlu_full", *ROUGE_METRICS}
 
 
@@ -82,6 +136,10 @@ def table_text(df: pd.DataFrame, top: int | None = None) -> str:
     if top is not None:
         rows = rows.head(top)
     cols = [c for c in TABLE_COLUMNS if c in rows and not (c in OPTIONAL_COLUMNS and rows[c].isna().all())]
+    constraint_cols = [c for c in (df.attrs.get("constraints") or {}) if c in rows]
+    if constraint_cols:  # NOMAD's constraint values (<= 0 feasible) after feasible
+        at = cols.index("feasible") + 1 if "feasible" in cols else cols.index("objective") + 1
+        cols[at:at] = constraint_cols
     if "rank" not in rows or rows["rank"].isna().all():  # no decoded hyperparameters: show the coordinates
         cols = [c for c in cols if c not in HP]
         at = cols.index("status") + 1 if "status" in cols else 0
@@ -103,7 +161,7 @@ def table_text(df: pd.DataFrame, top: int | None = None) -> str:
     if "wall_seconds" in out:
         out["wall_seconds"] = out["wall_seconds"] / 60
         out = out.rename(columns={"wall_seconds": "wall_min"})
-    formats = {"objective": "{:.4f}", "seeds_mean": "{:.4f}", "seeds_std": "{:.2g}", "val_loss": "{:.4f}", "mmlu": "{:.4f}", "train_loss": "{:.4f}",
+    formats = {"objective_vs_base": "{:+.4f}", **dict.fromkeys(constraint_cols, "{:.4g}"), "objective": "{:.4f}", "seeds_mean": "{:.4f}", "seeds_std": "{:.2g}", "val_loss": "{:.4f}", "mmlu": "{:.4f}", "train_loss": "{:.4f}",
                "alpha_over_rank": "{:g}", "dropout": "{:g}", "lr": "{:.3g}", "wall_min": "{:.1f}",
                "pruned_at": "{:.0%}", "mmlu_full": "{:.4f}"}
     formats.update({c: "{:.4g}" for c in out.columns if c.startswith("extra_")} | dict.fromkeys(ROUGE_METRICS, "{:.4f}"))
@@ -148,13 +206,17 @@ def summary_text(df: pd.DataFrame, config: ExperimentConfig | None = None) -> st
     if config is not None:  # a frame that lost its attrs (concat, filtering) still finds X0
         df = df.copy(deep=False)
         df.attrs.update({k: v for k, v in frame_attrs(config).items() if k not in df.attrs})
-    lines = [table_text(df)]
+    lines = [table_text(df)] + feasibility_text(df)
     top = best(df)
+    if top is None and df.attrs.get("constraints") and "feasible" in df and df["feasible"].notna().any():
+        lines.append(f"best point: none feasible (tightest constraint {tightest_constraint(df)})")
+        return "\n".join(lines)
     if top is None:
         lines.append("best point: none (no evaluation succeeded)")
         return "\n".join(lines)
     label = objective_label(df.attrs.get("metric"))
     lines.append(f"best point: {describe_point(top)} -> {label} {top['objective']:.6g}")
+    lines += base_text(df, top)
     start = x0_row(df)
     if start is None:
         lines.append("X0: not evaluated")
@@ -167,6 +229,18 @@ def summary_text(df: pd.DataFrame, config: ExperimentConfig | None = None) -> st
         lines.append(f"X0 vs best: {start['objective']:.6g} -> {top['objective']:.6g} "
                      f"(difference {diff:+.4g}, {rel:+.2f}%)")
     return "\n".join(lines)
+
+
+def base_text(df: pd.DataFrame, top: pd.Series) -> list[str]:
+    """The base model (no adapter) against the best point, when it is measured (bbo baseline)."""
+    base, metric = df.attrs.get("base"), df.attrs.get("metric")
+    if not base or not isinstance(base.get(metric), (int, float)):
+        return []
+    value = top.get(metric) if metric in top and not missing(top.get(metric)) else None
+    if value is None:
+        return [f"base model (no adapter): {metric} {base[metric]:.6g}"]
+    return [f"base model (no adapter) vs best: {metric} {base[metric]:.6g} -> {value:.6g} "
+            f"(difference {value - base[metric]:+.4g})"]
 
 
 def finalists_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -45,7 +45,7 @@ H100_BF16_DENSE = 989e12
 
 def make_spec(setup: str, args, on_gpu: bool) -> dict:
     """The demo experiment's resolved spec (as the blackbox writes it), changed only where the setups differ."""
-    from blackbox.evaluate import train_spec
+    from blackbox.work import train_spec
     from core.config import load_config
 
     config = load_config(REPO / "experiments" / "demo")

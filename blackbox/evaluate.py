@@ -20,12 +20,13 @@ import time
 from dataclasses import dataclass, field
 
 from blackbox import tracking
+from blackbox.baseline import baseline
 from blackbox.executors import executor_for
-from blackbox.work import kept_phase_files
+from blackbox.work import kept_phase_files, train_spec
 from core import faults
 from core.adapters import prune as prune_adapters
-from core.config import VALIDATION_SPLIT, ExperimentConfig
-from core.data import chat_template_text
+from core.config import ExperimentConfig
+from core.constraints import feasibility
 from core.failures import EvalFailure, Kind, read_stop, stop_if_failing
 from core.pruning import rule_for as pruning_rule_for
 from core.procs import REPO_ROOT, search_id
@@ -65,14 +66,18 @@ def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, s
     fingerprint = config.fingerprint()
     rid = point_run_id(config, hp, fingerprint, confirms)
     search = search_id()
+    try:  # a constraint bounded by the base model: measured once, before anything is trained
+        base = baseline(config, gpus) if config.objective.uses_base else None
+    except EvalFailure as e:  # nothing trained, nothing recorded: FAILED for NOMAD
+        return Outcome(rid, State.FAILED, False, hp, reason=f"{e.kind}: {e}", error_kind=e.kind)
     with store.lock(rid):  # a second process asking for the same point waits here, then reuses
         done = store.finished(rid)
         if reusable(done, retry_failed, retry_pruned):
-            outcome = _stored_outcome(config, store, rid, hp, done)
+            outcome = _stored_outcome(config, store, rid, hp, done, base)
         elif stopped := stopped_outcome(config, rid, hp, search):  # train nothing more, record nothing
             return stopped
         else:
-            outcome = _run(config, store, rid, hp, point, fingerprint, gpus, confirms)
+            outcome = _run(config, store, rid, hp, point, fingerprint, gpus, confirms, base)
     entry = {"run_id": rid, "point": point, "hp": hp, "state": str(outcome.state),
              "objective": outcome.metrics.get("objective"), "cached": outcome.cached,
              "source": source, "reason": outcome.reason, "error_kind": outcome.error_kind,
@@ -82,7 +87,7 @@ def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, s
     n = store.record(entry)
     _progress(store, n, outcome)
     # recorded: the adapters outside the train.keep_adapters best can go (the metrics stay)
-    prune_adapters(config.dir, config.train.adapters_kept, config.train.keep_adapters)
+    prune_adapters(config.dir, config.train.adapters_kept, config.train.keep_adapters, feasibility(config.objective, base))
     if outcome.state == State.FAILED and not outcome.cached:  # the first trainings all failing alike stop the search
         stop_if_failing(config.dir, search, config.nomad.stop_after_failures)
     return outcome
@@ -112,23 +117,32 @@ def stop_answer(rid: str, hp: dict, stop: dict) -> Outcome:
                    error_kind=Kind.STOPPED)
 
 
-def _stored_outcome(config, store, rid, hp, status) -> Outcome:
+def _stored_outcome(config, store, rid, hp, status, base: dict | None = None) -> Outcome:
     if status["state"] == State.FAILED:
         return Outcome(rid, State.FAILED, True, hp, reason=status.get("reason"), error_kind=status.get("error_kind"))
     state = State(status["state"])
     metrics = store.metrics(rid)
     try:
-        outputs = _outputs(config, metrics, pruned=state == State.PRUNED)
+        outputs = _outputs(config, metrics, state == State.PRUNED, base)
     except EvalFailure as e:  # a stored run that lacks an output this config asks for
         return Outcome(rid, State.FAILED, True, hp, metrics, reason=str(e), error_kind=e.kind)
     return Outcome(rid, state, True, hp, metrics, outputs, reason=status.get("reason"))
 
 
-def _outputs(config: ExperimentConfig, metrics: dict, pruned: bool = False) -> list[float]:
-    """The numbers for NOMAD. A pruned run measured only some: its objective is its last validation
-    loss, and an extra output it did not measure (MMLU) is nan, which NOMAD records and ignores."""
+def _outputs(config: ExperimentConfig, metrics: dict, pruned: bool = False, base: dict | None = None) -> list[float]:
+    """The numbers for NOMAD, in BB_OUTPUT_TYPE order. A pruned run measured only some: its objective is its
+    last validation loss, an extra output it did not measure (MMLU) is nan, which NOMAD records and ignores,
+    and a constraint on it is inf: infeasible (core/constraints.py). base: the base model's metrics."""
+    constraints = dict(zip(config.objective.constraint_names, config.objective.constraints))
     values = []
     for name in config.objective.outputs:
+        if name in constraints:
+            value = constraints[name].value(metrics, base)
+            if math.isinf(value) and not pruned:
+                raise EvalFailure(Kind.METRICS, f"constraint {constraints[name].label}: the run has no "
+                                                f"{constraints[name].metric}")
+            values.append(value)
+            continue
         value = metrics.get(name)
         if pruned and name != "objective" and value is None:
             value = math.nan
@@ -138,7 +152,7 @@ def _outputs(config: ExperimentConfig, metrics: dict, pruned: bool = False) -> l
     return values
 
 
-def _run(config, store, rid, hp, point, fingerprint, gpus, confirms=None) -> Outcome:
+def _run(config, store, rid, hp, point, fingerprint, gpus, confirms=None, base=None) -> Outcome:
     params = {"run_id": rid, "hp": hp, "point": point, "experiment": config.name, "fixed": fingerprint}
     if confirms:
         params.update(confirms=confirms, seed=config.train.seed)
@@ -157,7 +171,7 @@ def _run(config, store, rid, hp, point, fingerprint, gpus, confirms=None) -> Out
         pruned = "pruned_at" in metrics
         metrics["objective"] = metrics["val_loss"] if pruned else _objective(config, metrics)
         metrics["wall_seconds"] = time.time() - t0
-        outputs = _outputs(config, metrics, pruned)
+        outputs = _outputs(config, metrics, pruned, base)
     except EvalFailure as e:
         store.finish(rid, State.FAILED, reason=str(e), error_kind=e.kind, log_tail=e.log_tail)
         tracking.log_final(config, run_dir, hp, None, str(State.FAILED))
@@ -181,22 +195,6 @@ def _objective(config, metrics) -> float:
 
 
 # ---------------------------------------------------------------- what a run folder records
-
-def train_spec(config: ExperimentConfig, rid: str, hp: dict, pruning: dict | None = None) -> dict:
-    """What train.py needs, with every path resolved: the run folder alone reproduces the run.
-    pruning: the rule this run is held to (core/pruning.py rule_for), or None."""
-    cfg = config.to_dict()
-    cfg["model"]["path"] = config.resolve(config.model.path)
-    for source in cfg["data"]["sources"]:
-        source["path"] = config.resolve(source["path"])
-    cfg["data"]["chat_template"] = chat_template_text(config.data.chat_template, config.dir)  # the text itself
-    if cfg["objective"]["generation"]["data"] != VALIDATION_SPLIT:  # ROUGE's held-out pairs from a file
-        cfg["objective"]["generation"]["data"] = config.resolve(cfg["objective"]["generation"]["data"])
-    return {"run_id": rid, "hp": hp, "model": cfg["model"], "data": cfg["data"], "lora": cfg["lora"],
-            "train": cfg["train"], "objective": cfg["objective"], "cache_dir": str(config.dir / "cache"),
-            "pruning": pruning, "experiment": {"name": config.name, "dir": str(config.dir)},
-            "launch": {"ddp_timeout_minutes": config.launch.ddp_timeout_minutes}}
-
 
 def _provenance(config: ExperimentConfig) -> dict:
     versions = {}

@@ -18,6 +18,8 @@ import signal
 import sys
 
 from core.adapters import ranked_ok_runs
+from core.baseline import read_baseline
+from core.constraints import feasibility
 from core.config import ConfigError, load_config
 from core.failures import Interrupted
 from core.yamlvalues import env_overrides
@@ -28,9 +30,13 @@ FULL_FILE = "mmlu_full.json"
 SLURM_RECORD = "slurm_mmlu_full.json"  # launch.executor=slurm: the finalist's MMLU job (slurm.json is training's)
 
 
-def finalist_ids(store: RunStore, k: int) -> list[str]:
-    """The k best ok runs of the search by objective (confirmation runs excluded), best first."""
-    return [rid for rid, _ in ranked_ok_runs(store)[:k]]
+def finalist_ids(store: RunStore, k: int, feasible=None) -> list[str]:
+    """The k best ok runs of the search by objective (confirmation runs excluded), best first; with
+    constraints (feasible: core.constraints.feasibility) the k best feasible ones."""
+    ranked = ranked_ok_runs(store, feasible)
+    if feasible is not None:
+        ranked = [(rid, value) for rid, value in ranked if feasible(store.metrics(rid) or {})]
+    return [rid for rid, _ in ranked[:k]]
 
 
 def measured(run_dir, limit) -> dict | None:
@@ -49,7 +55,7 @@ def run_finalists(config) -> int:
 
     store = RunStore(config.dir)
     limit = config.objective.mmlu.limit
-    ids = finalist_ids(store, config.objective.finalists)
+    ids = finalist_ids(store, config.objective.finalists, feasibility(config.objective, read_baseline(config)))
     todo = [rid for rid in ids if measured(store.run_dir(rid), limit) is None]
     for rid in ids:
         if rid not in todo:

@@ -294,6 +294,10 @@ def main(run_dir: Path, seams: Seams | None = None) -> int:
         "log_history": trainer.state.log_history,
         "trained_fraction": result.global_step / max(trainer.state.max_steps, 1),
     }
+    if not curve.pruned:  # what a constraint can cap (core/constraints.py): the adapter's disk, the GPU's memory
+        metrics["adapter_mb"] = sum(f.stat().st_size for f in (run_dir / "adapter").rglob("*") if f.is_file()) / 2 ** 20
+    if device.startswith("cuda"):
+        metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
     if curve.pruned:
         metrics.update(pruned_at=curve.pruned["fraction"], pruned_reason=curve.pruned["reason"])
     if faults.garbles_metrics(fault):

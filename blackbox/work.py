@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.config import ExperimentConfig
-from core.objective import ROUGE_METRICS
+from core.data import chat_template_text
+from core.objective import ROUGE_METRICS, VALIDATION_SPLIT
 from core.failures import EvalFailure, Interrupted, Kind, kind_of, reported_error, shows_oom
 from core.procs import REPO_ROOT, checkout_env, search_alive
 from core.progress import PROGRESS_FILE, read_progress
@@ -59,6 +60,22 @@ def work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None) -> dic
 PHASE_FILES = {"train": ("train_result.json", "adapter", "curve.json", "train.log"),
                "mmlu": ("mmlu.json", "mmlu.log"), "rouge": ("rouge.json", "generations.jsonl", "rouge.log")}
 DONE_KEY = {"train": "train_seconds", "mmlu": "mmlu_seconds", "rouge": "rouge_seconds"}
+
+
+def train_spec(config: ExperimentConfig, rid: str, hp: dict, pruning: dict | None = None) -> dict:
+    """What train.py needs, with every path resolved: the run folder alone reproduces the run.
+    pruning: the rule this run is held to (core/pruning.py rule_for), or None."""
+    cfg = config.to_dict()
+    cfg["model"]["path"] = config.resolve(config.model.path)
+    for source in cfg["data"]["sources"]:
+        source["path"] = config.resolve(source["path"])
+    cfg["data"]["chat_template"] = chat_template_text(config.data.chat_template, config.dir)  # the text itself
+    if cfg["objective"]["generation"]["data"] != VALIDATION_SPLIT:  # ROUGE's held-out pairs from a file
+        cfg["objective"]["generation"]["data"] = config.resolve(cfg["objective"]["generation"]["data"])
+    return {"run_id": rid, "hp": hp, "model": cfg["model"], "data": cfg["data"], "lora": cfg["lora"],
+            "train": cfg["train"], "objective": cfg["objective"], "cache_dir": str(config.dir / "cache"),
+            "pruning": pruning, "experiment": {"name": config.name, "dir": str(config.dir)},
+            "launch": {"ddp_timeout_minutes": config.launch.ddp_timeout_minutes}}
 
 
 def completed(result_file: Path, done_key: str, **expected) -> dict | None:
@@ -183,9 +200,29 @@ def finalist_work(config: ExperimentConfig, run_dir: Path, gpus: list[str] | Non
     return _mmlu(config, run_dir, gpus, deadline, config.objective.mmlu.limit, name="mmlu_full")
 
 
+def baseline_work(config: ExperimentConfig, folder: Path, gpus: list[str] | None) -> dict:
+    """The base model without an adapter, measured like a run (core/baseline.py's folder, its spec.json
+    written): validation loss, then MMLU and ROUGE when the search uses them. Raises EvalFailure."""
+    timeout = config.launch.timeout_minutes
+    deadline = time.time() + timeout * 60 if timeout else None
+    cmd = [sys.executable, "-m", "eval.loss", str(folder), "--base", "--out", str(folder / "val_loss.json")]
+    (folder / "val_loss.json").unlink(missing_ok=True)
+    rc = _run_logged(cmd, folder / "val_loss.log", gpus[:1] if gpus else gpus, deadline)
+    metrics = read_json(folder / "val_loss.json")
+    if rc != 0 or not isinstance(metrics, dict) or not isinstance(metrics.get("val_loss"), (int, float)):
+        kind = Kind.OOM if shows_oom(tail_of(folder / "val_loss.log", 400)) else Kind.EVAL_LOSS
+        raise EvalFailure(kind, _describe_exit(rc, "the base model's validation loss") if rc else
+                          "the base model's validation loss is missing", tail_of(folder / "val_loss.log"))
+    if config.objective.needs_mmlu:
+        metrics.update(_mmlu(config, folder, gpus, deadline, config.objective.mmlu.search_questions, base=True))
+    if config.objective.needs_rouge:
+        metrics.update(_rouge(folder, gpus, deadline, base=True))
+    return metrics
+
+
 def mmlu_command(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None, limit: int | None,
-                 name: str = "mmlu") -> tuple[list[str], list[str] | None]:
-    """(command, the GPUs it runs on) of lm-eval for a run's adapter.
+                 name: str = "mmlu", base: bool = False) -> tuple[list[str], list[str] | None]:
+    """(command, the GPUs it runs on) of lm-eval for a run's adapter (base: for the base model alone).
 
     Data-parallel over the evaluation's GPUs (one process per GPU, lm-eval shards the questions and
     only the main process writes <name>.json) when it has several. A 4-bit base runs in one process
@@ -197,8 +234,8 @@ def mmlu_command(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None
     processes = len(gpus) if gpus else 1
     launcher = accelerate_command(processes) + ["-m"] if processes > 1 else [sys.executable, "-m"]
     cmd = launcher + [
-        "eval.mmlu", "--model", config.resolve(config.model.path), "--adapter", str(run_dir / "adapter"),
-        "--task", mmlu.task, "--num-fewshot", str(mmlu.num_fewshot), "--batch-size", str(mmlu.batch_size),
+        "eval.mmlu", "--model", config.resolve(config.model.path),
+        *([] if base else ["--adapter", str(run_dir / "adapter")]), "--task", mmlu.task, "--num-fewshot", str(mmlu.num_fewshot), "--batch-size", str(mmlu.batch_size),
         "--out", str(run_dir / f"{name}.json"), "--device", "auto", "--dtype", config.model.dtype]
     if config.model.quantization:
         cmd += ["--quantization", config.model.quantization]
@@ -211,13 +248,13 @@ def mmlu_command(config: ExperimentConfig, run_dir: Path, gpus: list[str] | None
     return cmd, gpus
 
 
-def _mmlu(config, run_dir: Path, gpus, deadline, limit: int | None, name: str = "mmlu") -> dict:
+def _mmlu(config, run_dir: Path, gpus, deadline, limit: int | None, name: str = "mmlu", base: bool = False) -> dict:
     """lm-eval in a child (mmlu_command). Device and dtype are resolved by torch in the child (`auto`).
     <name>.json records the limit (questions per subject, None = all) it was measured with as mmlu_limit."""
     done = completed(run_dir / f"{name}.json", DONE_KEY["mmlu"], mmlu_limit=limit)
     if done:
         return done
-    cmd, gpus = mmlu_command(config, run_dir, gpus, limit, name)
+    cmd, gpus = mmlu_command(config, run_dir, gpus, limit, name, base)
     processes = len(gpus) if gpus else 1
     t0 = time.time()
     (run_dir / f"{name}.json").unlink(missing_ok=True)  # a result is never one of an earlier attempt
@@ -234,14 +271,14 @@ def _mmlu(config, run_dir: Path, gpus, deadline, limit: int | None, name: str = 
     return result
 
 
-def _rouge(run_dir: Path, gpus, deadline) -> dict:
+def _rouge(run_dir: Path, gpus, deadline, base: bool = False) -> dict:
     """Greedy generation + ROUGE in a child (python -m eval.rouge <run dir>: model, adapter, held-out pairs
     and objective.generation from spec.json), one process on the evaluation's first GPU."""
     done = completed(run_dir / "rouge.json", DONE_KEY["rouge"])
     if done:
         return done
     cmd = [sys.executable, "-m", "eval.rouge", str(run_dir), "--out", str(run_dir / "rouge.json"),
-           "--generations", str(run_dir / "generations.jsonl")]
+           "--generations", str(run_dir / "generations.jsonl")] + ["--base"] * base
     t0 = time.time()
     rc = _run_logged(cmd, run_dir / "rouge.log", gpus[:1] if gpus else gpus, deadline)
     result = read_json(run_dir / "rouge.json")

@@ -26,9 +26,10 @@ ADAPTER_DIR = "adapter"
 REMOVED_FILE = "adapter_removed.json"
 
 
-def ranked_ok_runs(store: RunStore) -> list[tuple[str, float]]:
+def ranked_ok_runs(store: RunStore, feasible=None) -> list[tuple[str, float]]:
     """(run id, objective) of the search's ok runs, best first; confirmation runs are not points of it.
-    Ties go to the run that started first, as bbo.summary.best keeps the first in evaluation order."""
+    Ties go to the run that started first, as bbo.summary.best keeps the first in evaluation order.
+    feasible: with constraints, a test of a run's metrics (core.constraints.feasibility): feasible runs first."""
     runs = []
     for rid in store.run_ids():
         status = store.finished(rid)
@@ -36,8 +37,9 @@ def ranked_ok_runs(store: RunStore) -> list[tuple[str, float]]:
         objective = (store.metrics(rid) or {}).get("objective")
         if (status and status["state"] == State.OK and not params.get("confirms")
                 and isinstance(objective, (int, float)) and math.isfinite(objective)):
-            runs.append((status.get("started") or 0.0, rid, float(objective)))
-    return [(rid, objective) for _, rid, objective in sorted(runs, key=lambda r: (r[2], r[0]))]
+            infeasible = feasible is not None and not feasible(store.metrics(rid) or {})
+            runs.append((infeasible, status.get("started") or 0.0, rid, float(objective)))
+    return [(rid, objective) for _, _, rid, objective in sorted(runs, key=lambda r: (r[0], r[3], r[1]))]
 
 
 def adapter_state(run_dir: Path) -> str | None:
@@ -49,9 +51,10 @@ def adapter_state(run_dir: Path) -> str | None:
     return None
 
 
-def prune(experiment_dir: str | Path, keep: int | None, setting: str) -> list[str]:
-    """Delete the adapters outside the `keep` best ok runs (None: keep all); returns the run ids cleared.
-    setting: train.keep_adapters as written, for the reason in adapter_removed.json."""
+def prune(experiment_dir: str | Path, keep: int | None, setting: str, feasible=None) -> list[str]:
+    """Delete the adapters outside the `keep` best ok runs (None: keep all; feasible ones first, see
+    ranked_ok_runs); returns the run ids cleared. setting: train.keep_adapters as written, for the reason
+    in adapter_removed.json."""
     if keep is None:
         return []
     store = RunStore(experiment_dir)
@@ -59,7 +62,7 @@ def prune(experiment_dir: str | Path, keep: int | None, setting: str) -> list[st
     removed = []
     with open(store.root / ".adapters.lock", "w") as lock:  # two blackboxes pruning at once: one after the other
         fcntl.flock(lock, fcntl.LOCK_EX)
-        ranked = ranked_ok_runs(store)
+        ranked = ranked_ok_runs(store, feasible)
         rank_of = {rid: i for i, (rid, _) in enumerate(ranked, 1)}
         for rid in store.run_ids():
             run_dir = store.run_dir(rid)

@@ -34,6 +34,7 @@ class Kind(str, enum.Enum):
     TIMEOUT = "timeout"  # past launch.timeout_minutes (or slurm.time_minutes)
     SLURM = "slurm"  # Slurm ended the job or refused it
     ADAPTER = "adapter"  # a finalist's adapter is gone: its full MMLU cannot be measured
+    BASELINE = "baseline"  # the base model (a constraint's `base`) could not be measured: no point is answered
     STOPPED = "stopped"  # not evaluated: its search was stopped (the stop rule below); never recorded
     BUDGET = "budget"  # a stop record's kind: a plain `nomad` asked for trainings past nomad.budget (below)
     EVAL = "eval"  # legacy: an evaluation failed, in runs stored before eval_loss/eval_mmlu/eval_rouge
@@ -65,7 +66,7 @@ FIXES = {
                      f"{_RETRY}",
     Kind.METRICS: "an evaluation ended without the numbers the objective needs (train_result.json missing or "
                   "garbage, or an output missing or not finite): see train.log in the run folders and check "
-                  f"objective.metric and objective.extra_outputs, {_RETRY}",
+                  f"objective.metric, objective.constraints and objective.extra_outputs, {_RETRY}",
     Kind.CRASH: f"training crashed: see train.log in the run folders, {_RETRY}",
     Kind.TIMEOUT: "evaluations ran past launch.timeout_minutes: raise it (see the time estimate of "
                   f"`python -m bbo plan <experiment>`) or shorten training, {_RETRY}",
@@ -74,6 +75,9 @@ FIXES = {
     Kind.ADAPTER: "the run's adapter is gone (removed by train.keep_adapters, or never kept): keep the finalists' "
                   "adapters with train.keep_adapters=all or best:k (k >= objective.finalists); a removed adapter "
                   "comes back only by training its point again",
+    Kind.BASELINE: "the base model without an adapter could not be measured, and a constraint's bound names base: "
+                   "see the logs in <experiment>/baseline/<key>/ and `python -m bbo baseline <experiment>`, or bound "
+                   f"the constraint by a number; {_RETRY}",
     Kind.STOPPED: "the search was stopped because its first trainings all failed alike: nomad/stop.json names "
                   f"their kind and its fix; apply it, {_RETRY}",
     Kind.BUDGET: "to train more, raise nomad.budget (nomad.budget=N in experiment.yaml, or "

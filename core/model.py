@@ -167,9 +167,9 @@ def cast_lora(model, dtype) -> None:
             param.data = param.data.to(dtype)
 
 
-def load_for_eval(run_dir: str | Path):
-    """Base model + the run's adapter + its validation split and collator, from the run folder alone,
-    to recompute a stored number (python -m eval.loss <run dir>)."""
+def load_for_eval(run_dir: str | Path, with_adapter: bool = True):
+    """Base model + the run's adapter (with_adapter=False: the base model alone, for the baseline) + its
+    validation split and collator, from the run folder alone (python -m eval.loss <run dir>)."""
     from core.data import collator_for, load_tokenized
 
     run_dir = Path(run_dir)
@@ -178,7 +178,9 @@ def load_for_eval(run_dir: str | Path):
     tokenizer = load_tokenizer(model_spec["path"], model_spec["revision"], model_spec["trust_remote_code"])
     _, val_set = load_tokenized(spec["data"], tokenizer, model_spec["path"], spec["cache_dir"])
     dtype = run_dtype(spec)
-    model = load_adapter(load_base(model_spec, dtype), run_dir / "adapter", dtype)
+    model = load_base(model_spec, dtype)
+    if with_adapter:
+        model = load_adapter(model, run_dir / "adapter", dtype)
     collator = collator_for(tokenizer, spec["data"], model_spec["attn_implementation"])
     return model.to(resolve_device()), val_set, collator, spec
 

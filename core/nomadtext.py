@@ -123,10 +123,11 @@ def param_line(keyword: str, *values) -> str:
     return " ".join([keyword, *(vector(v) if isinstance(v, (list, tuple)) else format_number(v) for v in values)])
 
 
-def render_params(*, input_types, extra_outputs: int, x0, lower, upper, budget: int, seed: int, bb_exe: str,
+def render_params(*, input_types, output_types, x0, lower, upper, budget: int, seed: int, bb_exe: str,
                   block_size: int = 1, lh_search=None, initial_frame=None, extra_lines=()) -> list[str]:
     """The parameter lines of a search (param.txt without its comments), standard NOMAD 4.5 keywords only.
 
+    output_types: BB_OUTPUT_TYPE's words (OBJ, PB/EB per constraint, EXTRA_O per extra output);
     x0: a point (a vector) or the name of an X0 file; block_size > 1: BB_MAX_BLOCK_SIZE and MEGA_SEARCH_POLL;
     lh_search: (initial, per iteration) or None; initial_frame: INITIAL_FRAME_SIZE's vector or None. NOMAD's
     files go to NOMAD_DIR; extra_lines (nomad.extra_lines) come last, as written.
@@ -134,7 +135,7 @@ def render_params(*, input_types, extra_outputs: int, x0, lower, upper, budget: 
     lines = [
         param_line("DIMENSION", len(input_types)),
         param_line("BB_INPUT_TYPE", list(input_types)),
-        param_line("BB_OUTPUT_TYPE", "OBJ", *["EXTRA_O"] * extra_outputs),
+        param_line("BB_OUTPUT_TYPE", *output_types),
         param_line("X0", x0 if isinstance(x0, (str, Path)) else list(x0)),
         param_line("LOWER_BOUND", list(lower)),
         param_line("UPPER_BOUND", list(upper)),
@@ -156,7 +157,7 @@ def render_params(*, input_types, extra_outputs: int, x0, lower, upper, budget: 
         param_line("SOLUTION_FILE", SOLUTION_FILE),
         param_line("ADD_SEED_TO_FILE_NAMES", "no"),
         param_line("DISPLAY_DEGREE", 2),
-        param_line("DISPLAY_STATS", "BBE", ["SOL"], "OBJ"),
+        param_line("DISPLAY_STATS", "BBE", ["SOL"], "OBJ", *(["CONS_H"] if {"PB", "EB"} & set(output_types) else [])),
     ]
     return lines + list(extra_lines)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.constraints import DERIVED, RECORDED, Constraint, column_names
 from core.data import FORMATS
 from core.yamlvalues import ConfigError, one_of, positive
 
@@ -25,6 +26,7 @@ METRICS = {
     "eval_seconds": "minimise",
     "tokens_per_second": "maximise",
 } | {name: "maximise" for name in ROUGE_METRICS}
+BASE_METRICS = ["val_loss", "mmlu", *ROUGE_METRICS]  # what the base model has a value of (a constraint's `base`)
 
 
 def metric_sign(metric: str) -> float:
@@ -118,11 +120,15 @@ class ObjectiveConfig:
         "help": "after the budget, the k best points on MMLU with mmlu.limit (0: off; no retraining)"})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={
         "help": "for the ROUGE metrics: greedy generation on held-out pairs"})
+    constraints: list[Constraint] = field(default_factory=list, metadata={
+        "help": "NOMAD's PB/EB outputs: [{metric, at_least or at_most (a number or base +- x), barrier}]"})
 
     def check(self):
         one_of("objective.metric", self.metric, ["val_loss", "mmlu", *ROUGE_METRICS])
+        for i, constraint in enumerate(self.constraints):
+            constraint.check(f"objective.constraints[{i}]", [*METRICS, *DERIVED, *RECORDED], BASE_METRICS)
         if self.needs_rouge:
-            self.generation.check(next(m for m in [self.metric, *self.extra_outputs] if m in ROUGE_METRICS))
+            self.generation.check(next(m for m in self.measured if m in ROUGE_METRICS))
         for name in self.extra_outputs:
             one_of("objective.extra_outputs", name, list(METRICS))
         if self.needs_mmlu:
@@ -134,17 +140,41 @@ class ObjectiveConfig:
                               "(objective.metric or objective.extra_outputs must name mmlu)")
 
     @property
+    def measured(self) -> list[str]:
+        """Every metric the search needs from a run: the objective's, the constraints', the extra outputs."""
+        return [self.metric, *(c.metric for c in self.constraints), *self.extra_outputs]
+
+    @property
     def needs_mmlu(self) -> bool:
-        return self.metric == "mmlu" or "mmlu" in self.extra_outputs
+        return "mmlu" in self.measured
 
     @property
     def needs_rouge(self) -> bool:
-        return any(name in ROUGE_METRICS for name in [self.metric, *self.extra_outputs])
+        return any(name in ROUGE_METRICS for name in self.measured)
+
+    @property
+    def uses_base(self) -> bool:
+        """Whether a constraint's bound names the base model (blackbox/baseline.py measures it first)."""
+        return any(c.uses_base for c in self.constraints)
+
+    @property
+    def base_metrics(self) -> list[str]:
+        """What the base model is measured on: the validation loss, and MMLU and ROUGE when the search uses them."""
+        return ["val_loss"] + ["mmlu"] * self.needs_mmlu + list(ROUGE_METRICS) * self.needs_rouge
+
+    @property
+    def constraint_names(self) -> list[str]:
+        return column_names(self.constraints)
 
     @property
     def outputs(self) -> list[str]:
         """The names of the blackbox's output columns, in BB_OUTPUT_TYPE order."""
-        return ["objective"] + list(self.extra_outputs)
+        return ["objective"] + self.constraint_names + list(self.extra_outputs)
+
+    @property
+    def output_types(self) -> list[str]:
+        """NOMAD's BB_OUTPUT_TYPE: OBJ, a PB or EB per constraint, EXTRA_O per extra output."""
+        return ["OBJ"] + [c.output_type for c in self.constraints] + ["EXTRA_O"] * len(self.extra_outputs)
 
     def to_objective(self, metrics: dict) -> float:
         """The number NOMAD minimises, from a run's metrics."""

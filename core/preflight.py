@@ -303,6 +303,10 @@ def check_before_training(config: ExperimentConfig) -> tuple[list[list[str] | No
     warnings = check_hub(config)
     slots = slurm_slots(config) if config.launch.executor == "slurm" else gpu_slots(config)
     check_model_runtime(config, slots)
+    if config.launch.executor == "local" and not any(slots) and any(
+            c.metric == "peak_memory_gb" for c in config.objective.constraints):
+        raise ConfigError("objective.constraints: peak_memory_gb is measured on a GPU only, and this machine "
+                          "trains on CPU")
     return slots, warnings
 
 

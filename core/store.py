@@ -85,6 +85,18 @@ def read_json(path: Path):
         return None
 
 
+@contextmanager
+def file_lock(path: Path):
+    """Exclusive across processes while held; released by the kernel if the holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class RunStore:
     def __init__(self, experiment_dir: str | Path):
         self.experiment_dir = Path(experiment_dir)
@@ -97,13 +109,8 @@ class RunStore:
     @contextmanager
     def lock(self, rid: str):
         """Exclusive per run id, across processes; released by the kernel if the holder dies."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".{rid}.lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with file_lock(self.root / f".{rid}.lock"):
+            yield
 
     @contextmanager
     def try_lock(self, rid: str):

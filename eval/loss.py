@@ -5,6 +5,7 @@ over its own shard and the sums are all-reduced. Training calls
 `validation_loss` at its end; recompute a stored run's number from its folder with
 
     python -m eval.loss experiments/demo/runs/<run id>
+    python -m eval.loss experiments/demo/baseline/<key> --base     # the base model's, no adapter
 """
 from __future__ import annotations
 
@@ -45,14 +46,25 @@ def validation_loss(model, dataset, collator, batch_size: int) -> dict:
 
 
 def main(argv=None) -> int:
-    """Recompute a run's validation loss from its folder (base model + adapter + the experiment's data)."""
+    """Recompute a run's validation loss from its folder (base model + adapter + the experiment's data);
+    --base: the base model's alone (a baseline folder, blackbox/baseline.py); --out: also as JSON."""
+    import argparse
+    import json
     from pathlib import Path
 
     from core.model import load_for_eval
+    from core.procs import exit_with_blackbox
 
-    run_dir = Path((argv or sys.argv[1:])[0])
-    model, val_set, collator, spec = load_for_eval(run_dir)
+    parser = argparse.ArgumentParser(prog="python -m eval.loss", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", help="a run folder (or a baseline folder with --base): spec.json names the rest")
+    parser.add_argument("--base", action="store_true", help="the base model without the adapter")
+    parser.add_argument("--out", help="write {val_loss, val_tokens} here too")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    exit_with_blackbox()  # a baseline's evaluation ends with the blackbox that asked for it
+    model, val_set, collator, spec = load_for_eval(Path(args.run), with_adapter=not args.base)
     result = validation_loss(model, val_set, collator, spec["train"]["per_device_batch_size"])
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"{result['val_loss']:.6f}")
     return 0
 

@@ -149,7 +149,8 @@ def _from_run(run_dir: Path, args) -> tuple[dict, str, dict, str, dict]:
     given = {"num_examples": args.num_examples, "max_new_tokens": args.max_new_tokens,
              "batch_size": args.batch_size, "use_stemmer": args.use_stemmer or None}
     generation |= {k: v for k, v in given.items() if v is not None}
-    return spec["model"], str(run_dir / "adapter"), spec["data"], spec["data"]["template"], generation
+    adapter = None if args.base else str(run_dir / "adapter")  # --base: a baseline folder (blackbox/baseline.py)
+    return spec["model"], adapter, spec["data"], spec["data"]["template"], generation
 
 
 def _from_flags(args) -> tuple[dict, str | None, dict, str, dict]:
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", nargs="?", help="a run folder: base model, adapter, data and settings from spec.json")
     parser.add_argument("--model", help="base model folder (or hub id), without a run folder")
     parser.add_argument("--adapter", default=None, help="PEFT/LoRA adapter folder")
+    parser.add_argument("--base", action="store_true", help="with a run folder: the base model, not its adapter")
     parser.add_argument("--pairs", help="a .json/.jsonl file of instruction/response pairs, without a run folder")
     parser.add_argument("--format", default="alpaca", help=" or ".join(FORMATS))
     parser.add_argument("--template", default="alpaca", help=" or ".join(TEMPLATES))

@@ -133,3 +133,15 @@ def test_throughput_llama2_7b_shape_two_layers():
     out = run_module("benchmarks.throughput", "--model-config", "llama2-7b", "--layers", "2", "--quick",
                      "--steps", "3", "--batch-size", "1", "--setups", "project,original", timeout=900)
     assert "LLaMA-2-7B shape, 2 layers" in out and "MFU" in out and "ratio project / original:" in out
+
+
+def test_constraints_quick():
+    """NOMAD with BB_OUTPUT_TYPE OBJ PB and Optuna TPE with set_constraint, on each measured table."""
+    out = run_module("benchmarks.constraints", "--quick")
+    assert "| landscape_full |" in out and "| NOMAD (PB) |" in out and "| Optuna TPE |" in out
+    nomad = [line for line in out.splitlines() if "| NOMAD (PB) |" in line]
+    assert nomad and all(not line.endswith("| 0% |") for line in nomad)  # NOMAD evaluated feasible points
+    sys.path.insert(0, str(REPO))
+    from benchmarks.constraints import cap
+
+    assert cap({"rank": 4}) == 0 and cap({"rank": 8}) > 0

@@ -14,8 +14,8 @@ import yaml
 from core.config import ConfigError, ExperimentConfig, from_dict
 
 REPO = Path(__file__).resolve().parent.parent
-# values that are examples, not defaults: required keys, the sources (a list of examples) and the space
-EXAMPLES = ("name", "model.path", "data.sources", "space")
+# values that are examples, not defaults: required keys, the sources and constraints (lists of examples), the space
+EXAMPLES = ("name", "model.path", "data.sources", "objective.constraints", "space")
 
 
 def _documented() -> dict:

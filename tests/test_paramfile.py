@@ -111,7 +111,7 @@ def test_nomad_text_is_written_by_core_nomadtext_and_reads_back():
     assert param_line("DISPLAY_STATS", "BBE", ["SOL"], "OBJ") == "DISPLAY_STATS BBE ( SOL ) OBJ"
     points = [[2, 8, 1], [3, 16.0, 0.05]]
     assert point_file(points) == "2 8 1\n3 16 0.05\n" and point_lines(point_file(points))[1] == ["3", "16", "0.05"]
-    lines = render_params(input_types=["I", "R"], extra_outputs=1, x0=[1, -4], lower=[1, -6], upper=[5, -3],
+    lines = render_params(input_types=["I", "R"], output_types=["OBJ", "EXTRA_O"], x0=[1, -4], lower=[1, -6], upper=[5, -3],
                           budget=9, seed=2, bb_exe="bb.sh", block_size=2, extra_lines=["NM_SEARCH no"])
     entries = parse_params("\n".join(lines))  # standard keywords only (strict)
     assert entries["BB_OUTPUT_TYPE"] == ["OBJ EXTRA_O"] and entries["BB_MAX_BLOCK_SIZE"] == ["2"]

@@ -99,7 +99,7 @@ def test_config_rules_sign_and_fingerprint(tmp_path, assets):
 
 
 def test_validation_pairs_are_the_held_out_split(tmp_path, assets):
-    from blackbox.evaluate import train_spec
+    from blackbox.work import train_spec
     from core.data import build_split
 
     config = load_config(make_experiment(tmp_path, assets), ["objective.metric=rougeL"])
