@@ -6,6 +6,7 @@ baseline (one validation pass of the base model) and the points NOMAD's new path
 """
 import json
 import math
+import shutil
 
 import pytest
 import yaml
@@ -84,6 +85,13 @@ def test_a_search_with_a_pb_and_an_eb_constraint_measures_the_base_once_and_keep
     by_hand = blackbox(experiment, "--rank", "4", "--alpha", "4", "--dropout", "0", "--lr", "1e-4")  # X0: stored
     assert by_hand.returncode == 0 and "measuring" not in by_hand.stderr + again.stderr
     assert (folder / RESULT_FILE).stat().st_mtime_ns == stamp
+    # A plain `nomad param.txt` (no bbo run before it): the first blackbox measures the base model, then answers
+    # OBJ PB EB EXTRA_O for the point from its run folder.
+    shutil.rmtree(experiment / BASELINE_DIR)
+    (experiment / "x0.txt").write_text(" ".join(str(x) for x in config.space.x0) + "\n")
+    answered = blackbox(experiment, str(experiment / "x0.txt"))
+    assert answered.returncode == 0 and answered.stderr.count("baseline: measuring") == 1, answered.stderr[-2000:]
+    assert len(answered.stdout.split()) == 4 and read_baseline(config)["val_loss"] == base["val_loss"]
 
     # NOMAD read four numbers a point (PyNomad took PB and EB); the table has each constraint's value.
     cache = [c for c in read_cache(experiment / CACHE_FILE) if c["status"] == "BB_EVAL_OK"]
