@@ -28,8 +28,9 @@ def ranked(df: pd.DataFrame) -> pd.DataFrame:
     if "order" in rest:
         rest = rest.sort_values("order", kind="stable", na_position="last")
     good = df[ok].sort_values("objective", kind="stable")
-    if "feasible" in good:
-        good = pd.concat([good[good["feasible"].eq(True)], good[~good["feasible"].eq(True)]])
+    if "feasible" in good:  # unknown feasibility (<NA>: the base model not measured yet) goes with the infeasible
+        feasible = good["feasible"].eq(True).fillna(False).astype(bool)
+        good = pd.concat([good[feasible], good[~feasible]])
     return pd.concat([good, rest], ignore_index=True)
 
 
@@ -208,8 +209,9 @@ def summary_text(df: pd.DataFrame, config: ExperimentConfig | None = None) -> st
         df.attrs.update({k: v for k, v in frame_attrs(config).items() if k not in df.attrs})
     lines = [table_text(df)] + feasibility_text(df)
     top = best(df)
-    if top is None and df.attrs.get("constraints") and "feasible" in df and df["feasible"].notna().any():
-        lines.append(f"best point: none feasible (tightest constraint {tightest_constraint(df)})")
+    if top is None and df.attrs.get("constraints") and "feasible" in df and df["status"].eq(State.OK).any():
+        lines.append(f"best point: none feasible (tightest constraint {tightest_constraint(df)})"
+                     if df["feasible"].notna().any() else "best point: unknown until the base model is measured")
         return "\n".join(lines)
     if top is None:
         lines.append("best point: none (no evaluation succeeded)")

@@ -107,6 +107,10 @@ def test_a_search_with_a_pb_and_an_eb_constraint_measures_the_base_once_and_keep
     top = best(df)
     assert top["feasible"] and "base model (no adapter) vs best" in proc.stdout
     assert "runs feasible" in proc.stdout
+    status = run_module("bbo", "status", str(experiment))
+    assert status.returncode == 0 and f"best feasible so far: objective (min) {top['objective']:.6g}" in status.stdout
+    n_ok = int(answered["feasible"].sum())
+    assert f"feasible: {n_ok} of " in status.stdout and "base model (no adapter): objective (min)" in status.stdout
 
     # A bound that rules out the point with the best objective: the best reported is the best feasible one.
     values = sorted(answered["val_loss"])
