@@ -88,7 +88,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from blackbox.blocks import evaluate_block
-    from blackbox.executors import stop_all
+    from blackbox.executors import orphaned, stop_with_search
 
     try:
         config = load_config(args.experiment, env_overrides() + args.set)
@@ -108,18 +108,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    def stop(signum, frame):  # NOMAD or the user stopped us: take the training down too
-        stop_all()
-        sys.exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    def orphaned():
-        stop_all()
-        os._exit(1)
-
-    if os.environ.get("BBO_DRIVER_PID"):  # the search was killed (even by SIGKILL): stop training too
-        on_death_of(int(os.environ["BBO_DRIVER_PID"]), orphaned)
+    stop_with_search()  # NOMAD or the user stopped us, or the search was killed (even by SIGKILL): training too
     if args.pointfile:  # NOMAD (our parent: bb.sh execs python) ended or was stopped: so do we
         on_death_of(os.getppid(), orphaned)
     retry_failed = args.retry_failed or os.environ.get("BBO_RETRY_FAILED") == "1"

@@ -13,14 +13,12 @@ this or any other search of the same model and data, reads it. A constraint `at_
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 
 from core.baseline import RESULT_FILE, baseline_dir, read_baseline
 from core.config import ConfigError, load_config
 from core.failures import EvalFailure, Interrupted, Kind
-from core.procs import on_death_of
 from core.store import file_lock, write_json
 from core.yamlvalues import env_overrides
 
@@ -80,16 +78,9 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from blackbox.executors import stop_all
+    from blackbox.executors import stop_with_search
 
-    def stop(signum, frame):  # the user or bbo stopped us: take the child (or job) down too
-        stop_all()
-        sys.exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    if os.environ.get("BBO_DRIVER_PID"):
-        on_death_of(int(os.environ["BBO_DRIVER_PID"]), lambda: (stop_all(), os._exit(1)))
+    stop_with_search()  # a signal, or the search's driver gone: the child (or job) goes down too
     stored = read_baseline(config)
     try:
         result = baseline(config)

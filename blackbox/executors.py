@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 from blackbox.work import begin_stop, ended_by_search, kill_children, tail_of, work
 from core.config import ExperimentConfig
 from core.failures import EvalFailure, Interrupted, Kind
+from core.procs import on_death_of
 from core.store import read_json, write_json
 
 SLURM_FILE = "slurm.json"
@@ -245,3 +248,23 @@ def stop_all() -> None:
     for job_id in jobs:
         scancel(job_id)
     kill_children()
+
+
+def stop_with_search() -> None:
+    """In a process that trains or measures for a search (the blackbox, the finalists, the baseline): a
+    SIGTERM or SIGINT, or the search's driver gone (BBO_DRIVER_PID, even SIGKILLed), stops every child and
+    Slurm job it started, then this process."""
+    def stop(signum, frame):  # the user, NOMAD or bbo stopped us: take the children (or jobs) down too
+        stop_all()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if os.environ.get("BBO_DRIVER_PID"):
+        on_death_of(int(os.environ["BBO_DRIVER_PID"]), orphaned)
+
+
+def orphaned() -> None:
+    """What a process of a search does when what it serves is gone: stop its children and jobs, exit at once."""
+    stop_all()
+    os._exit(1)

@@ -13,7 +13,6 @@ Exit status: 0 when every finalist has its full MMLU, 1 when one could not, 2 fo
 """
 from __future__ import annotations
 
-import os
 import signal
 import sys
 
@@ -23,7 +22,6 @@ from core.constraints import feasibility
 from core.config import ConfigError, load_config
 from core.failures import Interrupted
 from core.yamlvalues import env_overrides
-from core.procs import on_death_of
 from core.store import RunStore, read_json
 
 FULL_FILE = "mmlu_full.json"
@@ -98,16 +96,9 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from blackbox.executors import stop_all
+    from blackbox.executors import stop_with_search
 
-    def stop(signum, frame):  # the user or bbo stopped us: take the MMLU child (or job) down too
-        stop_all()
-        sys.exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    if os.environ.get("BBO_DRIVER_PID"):
-        on_death_of(int(os.environ["BBO_DRIVER_PID"]), lambda: (stop_all(), os._exit(1)))
+    stop_with_search()  # a signal, or the search's driver gone: the child (or job) goes down too
     try:
         return run_finalists(config)
     except ConfigError as e:  # a check before the MMLU (GPUs, hub): nothing was measured
