@@ -22,7 +22,6 @@ is within 1% of it.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import statistics
 import sys
@@ -35,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.landscapes import Tabulated  # noqa: E402
-from benchmarks.search_efficiency import MEASURED_CSVS, TARGET, TUNED, nomad_lines, suggest  # noqa: E402
+from benchmarks.search_efficiency import MEASURED_CSVS, TARGET, TUNED, nomad_lines, run_child, suggest  # noqa: E402
 from core.space import SearchSpace  # noqa: E402
 
 CAP_RANK = 4  # the adapter no larger than rank 4's
@@ -87,18 +86,7 @@ def _nomad_child(path: str, seed: int, budget: int, conn) -> None:
 
 def run_nomad(path: Path, seed: int, budget: int) -> list[tuple[float, float]]:
     """(objective, constraint value) of each distinct evaluation, in order (a fresh process: NOMAD's SEED)."""
-    ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_nomad_child, args=(str(path), seed, budget, send))
-    proc.start()
-    send.close()
-    history = []
-    while True:
-        try:
-            history.append(receive.recv())
-        except EOFError:
-            break
-    proc.join()
+    history, _ = run_child(_nomad_child, lambda send: (str(path), seed, budget, send))
     return history[:budget]
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import os
 import statistics
 import sys
@@ -41,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.landscapes import DATA, Tabulated  # noqa: E402
-from benchmarks.search_efficiency import TARGET, TUNE_SEEDS, nomad_lines, suggest  # noqa: E402
+from benchmarks.search_efficiency import TARGET, TUNE_SEEDS, nomad_lines, run_child, suggest  # noqa: E402
 from core import pruning  # noqa: E402
 from core.config import load_config  # noqa: E402
 from core.space import SearchSpace  # noqa: E402
@@ -231,20 +230,9 @@ def run_nomad(variant: dict, settings: dict | None, seed: int, budget: int, x0: 
     (MAX_BB_EVAL) counts every evaluation, a point snapped to a grid point already trained included, as in
     `bbo run` where the run store answers it; the log is cut at the budget-th training as search_efficiency
     cuts its history (on a 48-point grid a cap that only binds for a budget under 48)."""
-    ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_nomad_child, args=(str(csv_path), variant, settings, seed, budget, x0, send))
-    proc.start()
-    send.close()
-    log = []
-    while True:
-        try:
-            log.append(receive.recv())
-        except EOFError:
-            break
-    proc.join()
-    if proc.exitcode != 0:
-        raise SystemExit(f"error: NOMAD crashed (seed {seed}, exit code {proc.exitcode})")
+    log, exitcode = run_child(_nomad_child, lambda send: (str(csv_path), variant, settings, seed, budget, x0, send))
+    if exitcode != 0:
+        raise SystemExit(f"error: NOMAD crashed (seed {seed}, exit code {exitcode})")
     return first_trainings(log, budget)
 
 

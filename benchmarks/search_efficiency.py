@@ -191,27 +191,34 @@ def _nomad_child(name: str, variant: dict, seed: int, budget: int, conn, noise: 
     conn.close()
 
 
+def run_child(target, args_of) -> tuple[list, int]:
+    """target(*args_of(conn)) in a fresh (spawned) process: everything it sent on conn, and its exit code.
+    A crashed child keeps what it sent before the crash."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=target, args=args_of(send))
+    proc.start()
+    send.close()
+    sent = []
+    while True:
+        try:
+            sent.append(receive.recv())
+        except EOFError:  # the child is done (or dead)
+            break
+    proc.join()
+    return sent, proc.exitcode
+
+
 def run_nomad(name: str, variant: dict, seeds: list[int], budget: int, noise: float | None = None,
               block: int = 1) -> tuple[list[list[tuple[float, float, int]]], int]:
     """One fresh process per seed, one at a time: (histories of (value, true value, round), number of runs
     whose NOMAD process crashed).
 
     A crashed run keeps the evaluations it made before the crash (the run store would too)."""
-    ctx = multiprocessing.get_context("spawn")
     histories, crashes = [], 0
     for seed in seeds:
-        receive, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_nomad_child, args=(name, variant, seed, budget, send, noise, block))
-        proc.start()
-        send.close()
-        history = []
-        while True:
-            try:
-                history.append(receive.recv())
-            except EOFError:  # the child is done (or dead)
-                break
-        proc.join()
-        crashes += proc.exitcode != 0
+        history, exitcode = run_child(_nomad_child, lambda send: (name, variant, seed, budget, send, noise, block))
+        crashes += exitcode != 0
         histories.append(history[:budget])  # the budget may overshoot by one block
     return histories, crashes
 
