@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite: set up .venv if needed, then run pytest offline (slow checks: ./test.sh -m slow).
+# The test suite: set up .venv if needed, then run pytest offline (slow checks: ./test.sh -m slow; CI runs both).
 #   ./test.sh [pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -23,6 +23,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: longer checks (minutes); run with -m slow")
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under ./test.sh (--dist loadgroup) an xdist_group must stay on one worker: one Slurm node, module
+    fixtures made once. pytest-xdist marks a grouped test in its node id, which pytest 9 no longer reads: the
+    groups then fall apart without a word, so say it."""
+    if getattr(config.option, "loadgroup", False):
+        lost = [item.nodeid for item in items if any(item.iter_markers("xdist_group")) and "@" not in item.nodeid]
+        if lost:
+            raise pytest.UsageError(f"--dist loadgroup does not group {lost[0]} under pytest {pytest.__version__}: "
+                                    "install the versions requirements.txt pins (bash scripts/setup.sh)")
+
+
 @pytest.fixture(scope="session")
 def assets():
     """The tiny LLaMA, data and MMLU-format set, generated once into .cache/demo (as the demo does)."""

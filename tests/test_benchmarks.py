@@ -110,6 +110,7 @@ def test_make_landscape_quick(tmp_path):
     assert table({"rank": 4, "alpha": 4, "dropout": 0.0, "lr": 4e-3}) == table.table[(4, 4, 0.0, -2.0)]
 
 
+@pytest.mark.slow  # over 40 s: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_throughput_quick():
     out = run_module("benchmarks.throughput", "--quick")
     for row in ("| project |", "| original |", "| original-pad512 |"):
@@ -119,6 +120,7 @@ def test_throughput_quick():
     assert "| 0.0% |" in project_row  # packing: no padding
 
 
+@pytest.mark.slow  # over 40 s: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_overhead_quick():
     out = run_module("benchmarks.overhead", "--quick", "--repeats", "2")
     for phase in ("process start", "data preparation", "model load", "training", "validation loss", "wall"):

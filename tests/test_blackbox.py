@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import make_experiment
+from conftest import SEARCH, make_experiment
 import conftest
 from conftest import run_dirs
 
@@ -61,13 +61,20 @@ def test_point_file_form_is_the_same_run_as_the_hand_form(tiny_experiment, tmp_p
     assert len(list((tiny_experiment / "runs").glob("r4-*"))) == 2
 
 
-def test_same_point_and_seed_give_the_same_validation_loss(tmp_path, assets):
-    results = []
-    for name in ("a", "b"):
-        experiment = make_experiment(tmp_path / name, assets, train={"max_steps": 4},
-                                     objective={"metric": "val_loss", "extra_outputs": []})
-        results.append(blackbox(experiment, "--rank", "8", "--lr", "0.002").stdout.strip())
-    assert results[0] == results[1]
+def test_same_point_and_seed_give_the_same_validation_loss(tmp_path, assets, searched):
+    """A point of the session's search trained again in another folder: the same numbers, bit for bit."""
+    reference, _ = searched
+    (first, *_) = run_dirs(reference)
+    hp = json.loads((first / "params.json").read_text())["hp"]
+    experiment = make_experiment(tmp_path, assets, **SEARCH)
+    again = blackbox(experiment, *[f"--{k}={v}" for k, v in hp.items()])
+    assert "[cached]" not in again.stderr  # trained here
+    (run_dir,) = run_dirs(experiment)
+    assert run_dir.name == first.name
+    metrics, reference_metrics = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, first))
+    assert numbers(again.stdout) == pytest.approx([reference_metrics["objective"], reference_metrics["train_loss"]],
+                                                  rel=1e-9)  # printed with 10 digits
+    assert metrics["val_loss"] == reference_metrics["val_loss"] and metrics["train_loss"] == reference_metrics["train_loss"]
 
 
 def test_mmlu_objective_is_negated_accuracy(tmp_path, assets):

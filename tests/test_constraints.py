@@ -67,6 +67,7 @@ def test_constraints_are_nomad_outputs_in_its_sign_convention(tiny_experiment):
     assert config.objective.needs_mmlu and config.objective.base_metrics == ["val_loss", "mmlu"]
 
 
+@pytest.mark.slow  # over 40 s: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_a_search_with_a_pb_and_an_eb_constraint_measures_the_base_once_and_keeps_to_feasible_points(searched_copy):
     experiment = searched_copy
     with_constraints(experiment, PB_AND_EB)

@@ -133,6 +133,7 @@ def test_a_search_rerun_with_keep_best_2_and_their_export_loads_with_peft_and_tr
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.export-*"))
 
 
+@pytest.mark.slow  # over 40 s: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_keep_best_1_and_adapters_in_the_run_dtype(tmp_path, assets, capsys):
     from peft import PeftModel
 

@@ -129,6 +129,7 @@ def _read(experiment, name):
     return "".join(p.read_text(errors="replace") for p in runs.glob(f"*/{name}"))
 
 
+@pytest.mark.slow  # over 40 s: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_nomad_goes_on_after_failed_points(tmp_path, assets):
     experiment = make_experiment(tmp_path, assets, train={"max_steps": 3},
                                  objective={"metric": "val_loss", "extra_outputs": []},

@@ -4,6 +4,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from bbo.results import load_runs
 from conftest import make_experiment
 from conftest import run_module as run
@@ -19,6 +21,7 @@ def snapshot(experiment):
     return out
 
 
+@pytest.mark.slow  # over 40 s: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_search_limit_then_finalists_on_the_full_mmlu(tmp_path, assets):
     experiment = make_experiment(
         tmp_path, assets, train={"max_steps": 2, "logging_steps": 1},

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import REPO, make_experiment
+from conftest import REPO, SEARCH, make_experiment
 from conftest import blackbox, run_module
 from core.config import load_config
 from core.preflight import PreflightError, gpu_slots, visible_gpus
@@ -114,6 +114,7 @@ def test_a_fake_nvidia_smi_does_not_make_gpus(tmp_path, assets):
 
 # ---------------------------------------------------------------- fail fast, resume cleanly
 
+@pytest.mark.slow  # over 40 s: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_search_whose_first_three_points_time_out_stops_then_retry_failed_trains_them(searched_copy):
     experiment = searched_copy  # a search whose 3 points trained fine
     assert [e["state"] for e in entries(experiment)] == ["ok"] * 3
@@ -151,14 +152,14 @@ def test_oom_on_another_rank_is_oom(tmp_path, assets):
 
 # ---------------------------------------------------------------- runs keyed by content
 
-def _relocatable(root, assets):
+def _relocatable(root, assets, settings=FAST):
     """A checkout-like tree: assets and an experiment that names them by relative paths."""
     shutil.copytree(assets["model"], root / "assets" / "model")
     shutil.copytree(assets["mmlu"], root / "assets" / "mmlu")
     (root / "assets" / "data").mkdir()
     shutil.copy(assets["train"], root / "assets" / "data" / "alpaca.jsonl")
     shutil.copy(assets["dolly"], root / "assets" / "data" / "dolly.jsonl")
-    experiment = make_experiment(root / "experiments", assets, **FAST)
+    experiment = make_experiment(root / "experiments", assets, **settings)
     raw = yaml.safe_load((experiment / "experiment.yaml").read_text())
     raw["model"]["path"] = "../../assets/model"
     raw["data"]["sources"] = [{"path": "../../assets/data/alpaca.jsonl", "format": "alpaca"},
@@ -168,12 +169,18 @@ def _relocatable(root, assets):
     return experiment
 
 
-def test_a_copied_checkout_answers_every_finished_point_without_training(tmp_path, assets):
-    experiment = _relocatable(tmp_path / "here", assets)
-    points = [("--rank", "4", "--lr", "1e-3"), ("--rank", "8", "--lr", "3e-3")]
-    for point in points:
-        assert blackbox(experiment, *point).returncode == 0
+def test_a_copied_checkout_answers_every_finished_point_without_training(tmp_path, assets, searched):
+    """The session's search (absolute asset paths) in a checkout that names its assets by relative paths, then
+    that checkout moved: every finished point is answered from its folder, nothing trained."""
+    reference, _ = searched
+    experiment = _relocatable(tmp_path / "here", assets, SEARCH)
+    shutil.copytree(reference / "runs", experiment / "runs")
     before = run_folders(experiment)
+    points = [[f"--{k}={v}" for k, v in json.loads((experiment / "runs" / rid / "params.json").read_text())["hp"].items()]
+              for rid in before]
+    assert len(points) == 3
+    proc = blackbox(experiment, *points[0])
+    assert proc.returncode == 0 and "[cached]" in proc.stderr, proc.stderr[-2000:]
 
     shutil.copytree(tmp_path / "here", tmp_path / "elsewhere")
     shutil.rmtree(tmp_path / "here")  # the old path is gone, as after a move

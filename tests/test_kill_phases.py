@@ -58,7 +58,9 @@ def teardown_done(experiment, timeout=30) -> bool:
     return False
 
 
-@pytest.mark.parametrize("phase", KILL_PHASES)
+# the phases after training add an MMLU/ROUGE search of their own (over 60 s each): slow, run by CI (.ci/run)
+@pytest.mark.parametrize("phase", [pytest.param(p, marks=pytest.mark.slow) if p in ("mmlu", "rouge") else p
+                                   for p in KILL_PHASES])
 def test_a_search_killed_at_a_phase_then_rerun_ends_like_an_uninterrupted_one(phase, tmp_path, assets, request):
     evals = phase in ("mmlu", "rouge")
     settings = WITH_EVALS if evals else ONE_POINT

@@ -67,6 +67,7 @@ def test_every_run_keeps_its_curve_and_measuring_it_changes_nothing(tmp_path, as
         (run_dir_of(without, "r4-a8-d0-lr0.01") / "curve.json").read_text())["points"][0]["fraction"] == 1.0
 
 
+@pytest.mark.slow  # over 40 s: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_a_run_worse_than_the_median_is_pruned_at_its_checkpoint_and_never_trained_again(tmp_path, assets):
     experiment = make_experiment(tmp_path, assets, train={"max_steps": 8, "logging_steps": 2, "eval_every": 0.25},
                                  objective={"metric": "val_loss", "extra_outputs": ["val_loss", "train_loss"]},

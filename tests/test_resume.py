@@ -23,6 +23,7 @@ def ok_runs(experiment):
     return out
 
 
+@pytest.mark.slow  # over 40 s: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_sigkill_of_the_driver_then_rerun_ends_like_an_uninterrupted_search(tmp_path, assets, searched):
     reference, _ = searched  # the same search (SEARCH's settings), never interrupted
     crashed = make_experiment(tmp_path / "crashed", assets, **SEARCH)

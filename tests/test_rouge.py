@@ -121,6 +121,7 @@ QUESTIONS = [("Ask an addition question.", "Q: What is 9 plus 9? A: 18"),
              ("Say something.", "What is it?")]
 
 
+@pytest.mark.slow  # over 40 s: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_bbo_run_with_rougeL_objective(tmp_path, assets):
     experiment = make_experiment(tmp_path, assets)
     (experiment / "questions.jsonl").write_text("".join(  # relative to the experiment folder

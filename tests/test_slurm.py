@@ -168,6 +168,7 @@ def test_a_preempted_job_is_requeued_and_finishes(tmp_path, assets):
     assert json.loads((run_dir / "slurm.json").read_text())["state"] == "COMPLETED"
 
 
+@pytest.mark.slow  # over 40 s: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_pruning_on_slurm_stops_a_run_worse_than_the_median_in_its_job(tmp_path, assets):
     """The thresholds travel in the run's spec: a Slurm job prunes as a local training does."""
     experiment = make_experiment(tmp_path, assets, train={"max_steps": 8, "logging_steps": 2, "eval_every": 0.25},

@@ -17,6 +17,7 @@ FAST = {"max_steps": 4, "logging_steps": 2}
 VAL_ONLY = {"metric": "val_loss", "extra_outputs": ["val_loss"]}
 
 
+@pytest.mark.slow  # over 40 s: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_tensorboard_and_mlflow_get_one_run_per_evaluation(tmp_path, assets):
     experiment = make_experiment(tmp_path, assets, train=dict(FAST, report_to=["tensorboard", "mlflow"]),
                                  objective=VAL_ONLY)
