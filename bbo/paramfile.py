@@ -12,6 +12,7 @@ lines, the X0 file's points) is core/nomadtext.py's job; this module says what g
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from core.nomadtext import KEEP_FILE, NOMAD_DIR, X0_PREFIX, normalize_value, par
 def render(config: ExperimentConfig) -> str:
     space = config.space
     found = start_points(config)
+    screened = screened_x0(config)
+    if screened is not None and (config.dir / screened).exists():  # the low-fidelity start ran: its best first
+        found = (screened, "")
     decoded = ", ".join(f"{v.name} {v.kind}" for v in space.searched)
     lines = [
         f"# NOMAD parameter file of experiment {config.name!r}, generated from experiment.yaml by",
@@ -57,6 +61,18 @@ def start_points(config: ExperimentConfig) -> tuple[str, str] | None:
     points = config.space.start_design(config.nomad.start_points, config.nomad.seed)
     text = point_file(points)
     return f"{NOMAD_DIR}/{X0_PREFIX}{hashlib.sha256(text.encode()).hexdigest()[:8]}.txt", text
+
+
+def screened_x0(config: ExperimentConfig) -> str | None:
+    """The X0 file the low-fidelity start writes (bbo/screen.py), relative to the experiment: its best points,
+    trained in full. Named by the design, the screen's settings and the fixed settings (which decide the
+    ranking); None when nomad.screen_fraction is off."""
+    if not config.nomad.screen_fraction:
+        return None
+    found = start_points(config)
+    blob = json.dumps([found[1], config.nomad.screen_fraction, config.nomad.screen_keep, config.fingerprint()],
+                      sort_keys=True, default=str)
+    return f"{NOMAD_DIR}/{X0_PREFIX}screened-{hashlib.sha256(blob.encode()).hexdigest()[:8]}.txt"
 
 
 def write_start_points(config: ExperimentConfig) -> None:

@@ -103,6 +103,19 @@ def run_search(experiment: str | Path, overrides: list[str] | tuple[str, ...] = 
             result = _result(config, overrides, search, exit_code=1 if rc == 1 else rc, finished=False)
             result.error = f"the base model could not be measured (exit {rc}); nothing was trained; fix: {fix_for(Kind.BASELINE)}"
             return result
+    if config.nomad.screen_fraction:  # the low-fidelity start: the start design screened, NOMAD from its best
+        from bbo.screen import screen_start
+        from core.failures import read_stop
+
+        rc = screen_start(config, env, echo)
+        if rc != 0:
+            stop = read_stop(config.dir, search)
+            result = _result(config, overrides, search, exit_code=1 if rc == 1 else rc, finished=False)
+            result.error = (f"search stopped: {stop['message']}\nfix: {stop['fix']}" if stop else
+                            f"the low-fidelity start ended with exit code {rc}; the runs it finished are kept; "
+                            f"run the same command to continue")
+            return result
+        paramfile.write(load_config(experiment))  # param.txt's X0: the screened points (when experiment.yaml says so)
     echo(f"NOMAD search: {config.name}, budget {config.nomad.budget}, {config.space.dimension} variables "
          f"({' '.join(config.space.names())}); {config.launch.parallel} at a time on {_where(config, slots)}; "
          f"runs in {config.dir / 'runs'}")

@@ -48,6 +48,7 @@ class SearchStatus:
     metric: str = "val_loss"
     used: int = 0  # evaluations that count against nomad.budget (core.store.budget_use says which)
     by_hand: int = 0  # finished runs only ever asked by hand: not counted
+    screened: int = 0  # finished runs of the low-fidelity start NOMAD never asked: not counted
     constrained: bool = False  # objective.constraints: the best is the best feasible run
     base_objective: float | None = None  # the base model's objective (no adapter), when measured
 
@@ -87,7 +88,7 @@ def search_status(config: ExperimentConfig) -> SearchStatus:
     for rid in store.run_ids():
         status.runs.append(_run(store, rid, feasible))
     use = budget_use(config.dir, config.fingerprint(), config.nomad.count_failed)
-    status.used, status.by_hand = use.used, use.by_hand
+    status.used, status.by_hand, status.screened = use.used, use.by_hand, use.screened
     return status
 
 
@@ -130,6 +131,8 @@ def budget_text(status: SearchStatus) -> str:
                  "reruns resumed), or nomad.budget was lowered since)")
     if status.by_hand:
         text += f"; {status.by_hand} more evaluated by hand, not counted"
+    if status.screened:
+        text += f"; {status.screened} more of the low-fidelity start, not counted"
     return text
 
 

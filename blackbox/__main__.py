@@ -78,6 +78,9 @@ def parse_args(argv):
                    help="train again points whose stored run failed (also set by `bbo run --retry-failed`)")
     p.add_argument("--retry-pruned", action="store_true",
                    help="train again points whose stored run was pruned (also set by `bbo run --retry-pruned`)")
+    p.add_argument("--screen", type=float, metavar="FRACTION",
+                   help="a point of the low-fidelity start (bbo/screen.py, nomad.screen_fraction): trained to FRACTION "
+                        "of its run and recorded pruned there (1: in full); not counted against nomad.budget")
     p.add_argument("--extend", action="store_true",
                    help="under a plain `nomad`, train past nomad.budget (also BBO_EXTEND=1 in the environment); "
                         "without it, new points past the budget are answered FAILED untrained")
@@ -104,6 +107,8 @@ def main(argv=None) -> int:
             searched = config.fingerprint()
             confirms = [run_id(hp, searched) for hp, _ in points]
             config = load_config(args.experiment, env_overrides() + args.set + [f"train.seed={args.confirm_seed}"])
+        if args.screen is not None and (not args.pointfile or confirms or not 0.0 < args.screen <= 1.0):
+            raise PointError("--screen FRACTION: a point file, a fraction in (0, 1], and no --confirm-seed")
     except (ConfigError, PointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -115,9 +120,10 @@ def main(argv=None) -> int:
     retry_pruned = args.retry_pruned or os.environ.get("BBO_RETRY_PRUNED") == "1"
     extend = args.extend or os.environ.get(EXTEND_ENV) == "1"
     try:
-        source = "confirm" if confirms else "nomad" if args.pointfile else "hand"
+        source = "confirm" if confirms else "screen" if args.screen else "nomad" if args.pointfile else "hand"
         outcomes = evaluate_block(config, points, source=source, retry_failed=retry_failed, confirms=confirms,
-                                  retry_pruned=retry_pruned, extend=extend)
+                                  retry_pruned=retry_pruned, extend=extend,
+                                  screen=args.screen if args.screen and args.screen < 1.0 else None)
     except ConfigError as e:  # a check before training (hub access, GPUs): nothing was trained
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -26,13 +26,14 @@ from core.store import RunStore, budget_use
 
 def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | None]], *, source: str = "nomad",
                    retry_failed: bool = False, confirms: list[str] | None = None,
-                   retry_pruned: bool = False, extend: bool = False) -> list[Outcome]:
+                   retry_pruned: bool = False, extend: bool = False, screen: float | None = None) -> list[Outcome]:
     """Several points at once, each on its own GPUs (launch.parallel slots of launch.num_processes GPUs).
 
     The checks before training (hub access, GPUs; core/preflight.py) run only when some point
     must be trained: an already-evaluated point is answered without importing torch.
     confirms: per point, the run id it re-trains with another seed (see evaluate), or None.
     extend: train past nomad.budget under a plain `nomad` (past_budget).
+    screen: train to this fraction of the run and stop, pruned (the low-fidelity start, bbo/screen.py).
     """
     store = RunStore(config.dir)
     fingerprint = config.fingerprint()
@@ -70,7 +71,7 @@ def evaluate_block(config: ExperimentConfig, points: list[tuple[dict, list | Non
         slot = free.get()
         try:
             return evaluate(config, points[i][0], points[i][1], source=source, retry_failed=retry_failed, gpus=slot,
-                            confirms=confirms[i], retry_pruned=retry_pruned)
+                            confirms=confirms[i], retry_pruned=retry_pruned, screen=screen)
         finally:
             free.put(slot)
 

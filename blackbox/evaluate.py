@@ -28,7 +28,7 @@ from core.adapters import prune as prune_adapters
 from core.config import ExperimentConfig
 from core.constraints import feasibility
 from core.failures import EvalFailure, Kind, read_stop, stop_if_failing
-from core.pruning import rule_for as pruning_rule_for
+from core.pruning import rule_for as pruning_rule_for, screen_rule
 from core.procs import REPO_ROOT, search_id
 from core.store import RunStore, State, run_id, write_json
 
@@ -56,11 +56,12 @@ class Outcome:
 
 def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, source: str = "nomad",
              retry_failed: bool = False, gpus: list[str] | None = None, confirms: str | None = None,
-             retry_pruned: bool = False) -> Outcome:
+             retry_pruned: bool = False, screen: float | None = None) -> Outcome:
     """The answer for one point: stored if this run id finished before, else trained now.
 
     confirms: the run id this evaluation re-trains with config's other train.seed (`bbo confirm`):
     its own run folder, -s<seed> in its id, marked in params.json and evaluations.jsonl.
+    screen: a training of the low-fidelity start (bbo/screen.py): stopped at this fraction, recorded pruned.
     """
     store = RunStore(config.dir)
     fingerprint = config.fingerprint()
@@ -77,7 +78,7 @@ def evaluate(config: ExperimentConfig, hp: dict, point: list | None = None, *, s
         elif stopped := stopped_outcome(config, rid, hp, search):  # train nothing more, record nothing
             return stopped
         else:
-            outcome = _run(config, store, rid, hp, point, fingerprint, gpus, confirms, base)
+            outcome = _run(config, store, rid, hp, point, fingerprint, gpus, confirms, base, screen)
     entry = {"run_id": rid, "point": point, "hp": hp, "state": str(outcome.state),
              "objective": outcome.metrics.get("objective"), "cached": outcome.cached,
              "source": source, "reason": outcome.reason, "error_kind": outcome.error_kind,
@@ -152,13 +153,14 @@ def _outputs(config: ExperimentConfig, metrics: dict, pruned: bool = False, base
     return values
 
 
-def _run(config, store, rid, hp, point, fingerprint, gpus, confirms=None, base=None) -> Outcome:
+def _run(config, store, rid, hp, point, fingerprint, gpus, confirms=None, base=None, screen=None) -> Outcome:
     params = {"run_id": rid, "hp": hp, "point": point, "experiment": config.name, "fixed": fingerprint}
     if confirms:
         params.update(confirms=confirms, seed=config.train.seed)
     executor = executor_for(config)
     executor.release(store.run_dir(rid))  # a job a dead search left running is not trained twice
-    rule = None if confirms else pruning_rule_for(config, fingerprint)  # a confirmation runs to its end
+    # a confirmation runs to its end; a point of the low-fidelity start stops at its fraction
+    rule = None if confirms else screen_rule(screen) if screen else pruning_rule_for(config, fingerprint)
     spec = train_spec(config, rid, hp, rule)
     # an attempt its search's stop interrupted (state running, its lock free: we hold it) keeps what it finished
     interrupted = (store.status(rid) or {}).get("state") == State.RUNNING

@@ -280,6 +280,11 @@ class NomadConfig:
         "help": "INITIAL_FRAME_SIZE as this fraction of each variable's range (null: NOMAD's)"})
     start_points: int = field(default=0, metadata={
         "help": "X0 and this many seeded Latin-hypercube points first (nomad/x0-<hash>.txt)"})
+    screen_fraction: float = field(default=0.0, metadata={
+        "help": "low-fidelity start (bbo/screen.py): the start design trained to this fraction of its run first, "
+                "a checkpoint of train.eval_every (0: off)"})
+    screen_keep: int = field(default=2, metadata={
+        "help": "the low-fidelity start's best points, by validation loss there, trained in full: NOMAD's X0"})
 
     def check(self):
         positive("nomad.budget", self.budget)
@@ -292,6 +297,12 @@ class NomadConfig:
             raise ConfigError(f"nomad.stop_after_failures: must be >= 0, got {self.stop_after_failures}")
         if self.lh_search is not None and (len(self.lh_search) != 2 or min(self.lh_search) < 0):
             raise ConfigError(f"nomad.lh_search: must be two integers >= 0, got {self.lh_search}")
+        if not isinstance(self.screen_fraction, (int, float)) or not 0.0 <= self.screen_fraction < 1.0:
+            raise ConfigError(f"nomad.screen_fraction: must be in [0, 1) (0: off), got {self.screen_fraction!r}")
+        if self.screen_fraction and not self.start_points:
+            raise ConfigError("nomad.screen_fraction: the low-fidelity start screens the start design: "
+                              "set nomad.start_points too")
+        positive("nomad.screen_keep", self.screen_keep)
 
 
 @dataclass
@@ -363,6 +374,17 @@ class ExperimentConfig:
                               f"use best:{self.objective.finalists} or all")
         if self.pruning.enabled and self.train.eval_every is None:
             raise ConfigError("pruning.enabled: needs checkpoints: set train.eval_every (e.g. 0.125)")
+        if self.nomad.screen_fraction:
+            from core.pruning import checkpoints
+
+            inside = checkpoints(self.train.eval_every)[:-1]
+            if not any(abs(self.nomad.screen_fraction - f) < 1e-6 for f in inside):
+                raise ConfigError(f"nomad.screen_fraction: {self.nomad.screen_fraction:g} is not a checkpoint of "
+                                  f"train.eval_every {self.train.eval_every} (the validation loss there ranks the "
+                                  f"start design): use one of {[f'{f:g}' for f in inside] or 'none: set train.eval_every'}")
+            if self.nomad.screen_keep > self.nomad.start_points + 1:
+                raise ConfigError(f"nomad.screen_keep: {self.nomad.screen_keep} is more than the start design's "
+                                  f"{self.nomad.start_points + 1} points (X0 and nomad.start_points)")
         chats = [i for i, source in enumerate(self.data.sources) if source.format == "messages"]
         if self.objective.needs_rouge and self.objective.generation.data == VALIDATION_SPLIT and chats:
             raise ConfigError(f"objective.generation.data: ROUGE prompts are instruction/response pairs, but "

@@ -83,6 +83,9 @@ def prune_reason(fraction: float, val_loss: float, rule: dict | None) -> str | N
     """Why a run stops at this checkpoint, or None to go on. rule: spec.json's "pruning"."""
     if not rule:
         return None
+    if rule.get("stop_at") is not None and abs(fraction - rule["stop_at"]) < 1e-6:
+        return (f"low-fidelity start: the start design is screened at {fraction:.0%} of training "
+                f"(nomad.screen_fraction; val_loss {val_loss:.6g} there)")
     threshold = rule["thresholds"].get(key(fraction))
     if threshold is None or not (val_loss > threshold or not _finite(val_loss)):
         return None
@@ -109,6 +112,12 @@ def rule_for(config, fingerprint: dict) -> dict | None:
     return {"thresholds": thresholds(curves, config.train.eval_every, pruning.warmup, pruning.percentile,
                                      pruning.min_runs),
             "percentile": pruning.percentile, "warmup": pruning.warmup, "runs": len(curves)}
+
+
+def screen_rule(fraction: float) -> dict:
+    """What spec.json hands a training of the low-fidelity start (bbo/screen.py): stop at `fraction`, whatever
+    the loss there (the run is recorded pruned: it never answers as a complete one)."""
+    return {"thresholds": {}, "stop_at": fraction, "percentile": 0.0, "warmup": fraction, "runs": 0}
 
 
 def _canonical(fingerprint) -> str:

@@ -232,6 +232,7 @@ class RunStore:
 class BudgetUse:
     used: int  # finished runs that count against nomad.budget
     by_hand: int  # finished runs of points only ever asked by hand: not counted
+    screened: int = 0  # finished runs of the low-fidelity start NOMAD never asked (bbo/screen.py): not counted
 
 
 def budget_use(experiment_dir: str | Path, fingerprint: dict, count_failed: bool = False) -> BudgetUse:
@@ -240,9 +241,10 @@ def budget_use(experiment_dir: str | Path, fingerprint: dict, count_failed: bool
 
     Counted: run folders finished ok or pruned (failed too with nomad.count_failed) of this fingerprint
     (ExperimentConfig.fingerprint(): runs of other settings belong to another problem) and of points a search
-    asked (a point file, as NOMAD asks: an answer in evaluations.jsonl whose source is not "hand"; a folder
-    with no answer recorded counts too). Not counted: points only ever asked by hand (`python -m blackbox
-    --rank ...`: NOMAD never saw them), confirmation runs (`bbo confirm`), running or interrupted runs, and
+    asked (a point file, as NOMAD asks: an answer in evaluations.jsonl whose source is not "hand" or "screen"; a
+    folder with no answer recorded counts too). Not counted: points only ever asked by hand (`python -m blackbox
+    --rank ...`: NOMAD never saw them), points of the low-fidelity start that NOMAD never asked (bbo/screen.py),
+    confirmation runs (`bbo confirm`), running or interrupted runs, and
     the points a stopped search answered without training (no folder). The finalists' MMLU adds no folder.
     """
     store = RunStore(experiment_dir)
@@ -262,6 +264,8 @@ def budget_use(experiment_dir: str | Path, fingerprint: dict, count_failed: bool
             continue
         if sources.get(rid) == {"hand"}:
             use.by_hand += 1
+        elif sources.get(rid) and sources[rid] <= {"hand", "screen"}:
+            use.screened += 1
         else:
             use.used += 1
     return use
