@@ -23,9 +23,10 @@ from core.nomadtext import KEEP_FILE, NOMAD_DIR, X0_PREFIX, normalize_value, par
 def render(config: ExperimentConfig) -> str:
     space = config.space
     found = start_points(config)
+    x0 = found[0] if found is not None else space.x0
     screened = screened_x0(config)
     if screened is not None and (config.dir / screened).exists():  # the low-fidelity start ran: its best first
-        found = (screened, "")
+        x0 = screened
     decoded = ", ".join(f"{v.name} {v.kind}" for v in space.searched)
     lines = [
         f"# NOMAD parameter file of experiment {config.name!r}, generated from experiment.yaml by",
@@ -35,7 +36,7 @@ def render(config: ExperimentConfig) -> str:
     ]
     lines += render_params(
         input_types=space.input_types, output_types=config.objective.output_types,
-        x0=found[0] if found is not None else space.x0, lower=space.lower, upper=space.upper,
+        x0=x0, lower=space.lower, upper=space.upper,
         budget=config.nomad.budget, seed=config.nomad.seed, bb_exe="bb.sh", block_size=config.launch.parallel,
         lh_search=config.nomad.lh_search,
         initial_frame=initial_frame(space, config.nomad.initial_frame) if config.nomad.initial_frame else None,

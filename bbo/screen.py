@@ -33,6 +33,7 @@ from core.nomadtext import point_file
 from core.pruning import key, read_curve
 from core.store import RunStore, run_id
 
+
 def screened_order(config: ExperimentConfig, design: list[list]) -> list[tuple[float, list]]:
     """(validation loss at nomad.screen_fraction, point) of the design, best first; a point whose run has no
     value there (it failed, or pruned earlier) last, as inf."""

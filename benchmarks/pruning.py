@@ -48,6 +48,7 @@ from core.space import SearchSpace  # noqa: E402
 CURVES_CSV = DATA / "curves.csv"
 TEMPLATES = [REPO / "experiments" / n for n in ("llama2-7b-bbo3", "llama2-7b-mmlu", "llama2-7b-valloss")]
 GOAL = 0.6  # pruned / unpruned median training-hours to 1%, at the same number of seeds reaching it
+SCREEN_GOAL = GOAL  # the same for NOMAD with its low-fidelity start / TPE with its MedianPruner
 
 
 # ---------------------------------------------------------------- the measured curves
@@ -219,9 +220,36 @@ def _nomad_child(csv_path: str, variant: dict, settings: dict | None, seed: int,
     space_dict = {k: dict(v, x0=x0[k]) if x0 and k in x0 else v for k, v in curves.space.items()}
     with tempfile.TemporaryDirectory() as folder:
         lines = nomad_lines(space_dict, budget, seed, variant, Path(folder))
+        nomad = variant.get("nomad", {})
+        if nomad.get("screen_fraction"):  # the low-fidelity start, as bbo.screen runs it before NOMAD
+            screen_design(replay, space, Path(folder) / "x0.txt", nomad["screen_fraction"],
+                          nomad.get("screen_keep", 2), settings, conn)
         start(lines)
         start_again_until_spent(lines, Path(folder), 0, start)
     conn.close()
+
+
+def screen_design(replay: Replay, space: SearchSpace, x0_file: Path, fraction: float, keep: int,
+                  settings: dict | None, conn) -> None:
+    """The low-fidelity start (bbo/screen.py): every point of the start design (the X0 file nomad.start_points
+    wrote) trained to `fraction` and stopped there (pruned, its cost `fraction`), the `keep` best by validation
+    loss there trained again in full (the pruning rule of the moment), then NOMAD's X0 file is those points."""
+    from core.nomadtext import point_file, point_lines
+
+    design = [space.parse_point(tokens) for tokens in point_lines(x0_file.read_text())]
+    if fraction not in replay.fractions:  # as the config requires: a checkpoint of train.eval_every
+        raise SystemExit(f"error: screen_fraction {fraction} is not a checkpoint of {replay.fractions}")
+    screened = []
+    for coords in design:
+        run, _ = replay.train(space.decode(coords), lambda f, v: f >= fraction - 1e-9)
+        conn.send(replay.log[-1])
+        screened.append((dict(run.points)[fraction], coords))
+    best = [coords for _, coords in sorted(screened, key=lambda t: t[0])[:keep]]
+    for coords in best:  # --retry-pruned on these: trained again, to the end
+        del replay.cache[replay.curves.point(space.decode(coords))]
+        replay.train(space.decode(coords), project_stop(replay, settings) if settings else never)
+        conn.send(replay.log[-1])
+    x0_file.write_text(point_file(best))
 
 
 def run_nomad(variant: dict, settings: dict | None, seed: int, budget: int, x0: dict | None = None,
@@ -342,11 +370,13 @@ def measure(method: str, settings: dict | None, seeds: list[int], budget: int, v
     return summarize([run_nomad(variant, settings, s, budget, None, csv_path) for s in seeds], optimum)
 
 
-def print_table(title: str, rows: list[tuple[str, dict | None, dict]], baseline: dict) -> None:
-    """rows: (method, settings or None, summary); baseline: {method: its summary with pruning off}."""
+def print_table(title: str, rows: list[tuple[str, dict | None, dict]], baseline: dict,
+                against: str = "pruned / unpruned") -> None:
+    """rows: (method, settings or None, summary); baseline: {method: its summary with pruning off} (or what
+    `against` names)."""
     print(f"\n### {title}\n")
     print("| method | pruning | median training-hours to 1% | IQR | runs reaching 1% | median trainings to 1% "
-          "| distinct searches | ratio pruned / unpruned | goal |")
+          f"| distinct searches | ratio {against} | goal |")
     print("|---|---|---|---|---|---|---|---|---|")
     for method, settings, s in rows:
         off = baseline[method]
@@ -374,6 +404,46 @@ def tune(variant: dict, seeds: list[int], budget: int, csv_path: Path = CURVES_C
     return [settings for *_, settings in sorted(good)]
 
 
+SCREENS = [{"start_points": n, "screen_fraction": f, "screen_keep": k}
+           for n in (6, 10) for f in (0.25, 0.5) for k in (1, 2, 3)]
+
+
+def screen_label(screen: dict) -> str:
+    return (f"low-fidelity start: {screen['start_points']} + X0 to {screen['screen_fraction']:g}, "
+            f"best {screen['screen_keep']} in full")
+
+
+def screening(variant: dict, settings: dict, seeds: list[int], tune_seeds: list[int] | None, budget: int,
+              csv_path: Path) -> None:
+    """NOMAD with the low-fidelity start against NOMAD without it and TPE with its MedianPruner, all with the
+    templates' pruning: training-hours to 1%. With tune_seeds: every SCREENS setting on those first, and the
+    reporting seeds for the one with the lowest median ratio to TPE there."""
+    chosen = [dict(variant["nomad"], screen_fraction=0.25, screen_keep=2)]
+    if tune_seeds:
+        tpe = measure("Optuna TPE", settings, tune_seeds, budget, variant, csv_path=csv_path)
+        rows, scores = [("Optuna TPE", settings, tpe)], []
+        for screen in SCREENS:
+            on = measure("NOMAD", settings, tune_seeds, budget, {"nomad": dict(variant["nomad"], **screen)},
+                         csv_path=csv_path)
+            rows.append((f"NOMAD, {screen_label(screen)}", settings, on))
+            if on["reached"] >= tpe["reached"]:
+                scores.append((ratio(on, tpe), SCREENS.index(screen), screen))
+        print_table(f"Sweep of low-fidelity starts, NOMAD with the templates' pruning (tuning seeds "
+                    f"{tune_seeds[0]}..{tune_seeds[-1]}, budget {budget}); ratio: to TPE with its MedianPruner",
+                    rows, {m: tpe for m, *_ in rows}, "to TPE with pruning")
+        if scores:
+            chosen = [dict(variant["nomad"], **min(scores, key=lambda t: t[:2])[2])]
+    tpe = measure("Optuna TPE", settings, seeds, budget, variant, csv_path=csv_path)
+    rows = [("Optuna TPE", settings, tpe),
+            ("NOMAD", settings, measure("NOMAD", settings, seeds, budget, variant, csv_path=csv_path))]
+    for nomad in chosen:
+        rows.append((f"NOMAD, {screen_label(nomad)}", settings,
+                     measure("NOMAD", settings, seeds, budget, {"nomad": nomad}, csv_path=csv_path)))
+    print_table(f"Low-fidelity start (reporting seeds {seeds[0]}..{seeds[-1]}, budget {budget}), all with the "
+                f"templates' pruning; ratio: to Optuna TPE with its MedianPruner (goal {SCREEN_GOAL}x)",
+                rows, {m: tpe for m, *_ in rows}, "to TPE with pruning")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 seeds, budget 20 (smoke test)")
@@ -386,6 +456,9 @@ def main(argv=None) -> int:
                         "meeting the goal")
     p.add_argument("--starts", action="store_true",
                    help="also NOMAD from every grid point as X0 (seed 0): one search per grid point")
+    p.add_argument("--screen", action="store_true",
+                   help="also the low-fidelity start (nomad.screen_fraction) against TPE with its MedianPruner; with "
+                        "--tune, its settings swept on the tuning seeds first")
     p.add_argument("--curves", type=Path, default=CURVES_CSV,
                    help="the measured curves (default: the tiny model's benchmarks/data/curves.csv; the real model's: "
                         "benchmarks/data/landscape_smollm2.csv, from make_landscape --model smollm2)")
@@ -412,6 +485,9 @@ def main(argv=None) -> int:
         rows += [(method, s, measure(method, s, seeds, budget, variant, csv_path=args.curves)) for s in chosen]
     print_table(f"Reporting seeds {seeds[0]}..{seeds[-1]}, budget {budget}: the templates' settings first"
                 + (", then those that met the goal on the tuning seeds" if args.tune else ""), rows, baseline)
+    if args.screen:
+        screening(variant, settings, seeds, list(range(TUNE_SEEDS, TUNE_SEEDS + n_seeds)) if args.tune else None,
+                  budget, args.curves)
     if args.starts:
         starts = grid_starts(curves)
         off = measure("NOMAD", None, seeds, budget, variant, starts, args.curves)
