@@ -114,3 +114,30 @@ def test_grid_starts_are_the_grid(curves):
     # each start, as NOMAD's X0 (SearchSpace's encoding), decodes to its own grid point
     assert len({curves.point(space.decode(SearchSpace.from_dict(
         {k: dict(v, x0=x0[k]) for k, v in curves.space.items()}).x0)) for x0 in starts}) == 48
+
+
+def test_the_low_fidelity_start_replay_screens_the_design_and_trains_its_best_in_full(curves, tmp_path):
+    """screen_design, as bbo/screen.py runs it: each design point costs the fraction and is pruned there, the best
+    `keep` by their loss there cost a full run each, and NOMAD's X0 file becomes those points, best first."""
+    from core.nomadtext import point_file, point_lines
+    from core.space import SearchSpace
+
+    space = SearchSpace.from_dict(curves.space)
+    design = space.start_design(6, 0)
+    x0_file = tmp_path / "x0.txt"
+    x0_file.write_text(point_file(design))
+    replay, sent = bench.Replay(curves, 0.25), []
+
+    class Conn:
+        send = sent.append
+
+    bench.screen_design(replay, space, x0_file, 0.25, 2, None, Conn())
+    screened, full = sent[:len(design)], sent[len(design):]
+    assert [(cost, state) for cost, state, _ in screened] == [(0.25, "pruned")] * len(design)
+    assert [(cost, state) for cost, state, _ in full] == [(1.0, "ok")] * 2
+    at = sorted((curves.curves[curves.point(space.decode(p))][0.25], p) for p in design)
+    best = [p for _, p in at[:2]]
+    assert [space.parse_point(t) for t in point_lines(x0_file.read_text())] == best
+    assert [objective for *_, objective in full] == [curves.curves[curves.point(space.decode(p))][1.0] for p in best]
+    with pytest.raises(SystemExit, match="not a checkpoint"):
+        bench.screen_design(bench.Replay(curves, 0.25), space, x0_file, 0.125, 2, None, Conn())
