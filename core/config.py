@@ -283,7 +283,7 @@ class NomadConfig:
     screen_fraction: float = field(default=0.0, metadata={
         "help": "low-fidelity start (bbo/screen.py): the start design trained to this fraction of its run first, "
                 "a checkpoint of train.eval_every (0: off)"})
-    screen_keep: int = field(default=2, metadata={
+    screen_keep: int = field(default=3, metadata={
         "help": "the low-fidelity start's best points, by validation loss there, trained in full: NOMAD's X0"})
 
     def check(self):
