@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.landscapes import DATA, Tabulated  # noqa: E402
 from benchmarks.search_efficiency import TARGET, TUNE_SEEDS, nomad_lines, run_child, suggest  # noqa: E402
 from core import pruning  # noqa: E402
-from core.config import load_config  # noqa: E402
+from core.config import NomadConfig, load_config  # noqa: E402
 from core.space import SearchSpace  # noqa: E402
 
 CURVES_CSV = DATA / "curves.csv"
@@ -223,7 +223,7 @@ def _nomad_child(csv_path: str, variant: dict, settings: dict | None, seed: int,
         nomad = variant.get("nomad", {})
         if nomad.get("screen_fraction"):  # the low-fidelity start, as bbo.screen runs it before NOMAD
             screen_design(replay, space, Path(folder) / "x0.txt", nomad["screen_fraction"],
-                          nomad.get("screen_keep", 2), settings, conn)
+                          nomad.get("screen_keep", NomadConfig().screen_keep), settings, conn)
         start(lines)
         start_again_until_spent(lines, Path(folder), 0, start)
     conn.close()
@@ -407,7 +407,7 @@ def tune(variant: dict, seeds: list[int], budget: int, csv_path: Path = CURVES_C
 SCREENS = [{"start_points": n, "screen_fraction": f, "screen_keep": k}
            for n in (6, 10) for f in (0.25, 0.5) for k in (1, 2, 3)]
 # reported on every table (the winners of the sweep on the tiny model's and the real model's tuning seeds, and the
-# templates' design with the defaults), so that one setting is judged on both
+# templates' design screened at a quarter), so that one setting is judged on both
 SCREEN_CANDIDATES = [{"start_points": 10, "screen_fraction": 0.25, "screen_keep": 3},
                      {"start_points": 6, "screen_fraction": 0.5, "screen_keep": 1},
                      {"start_points": 6, "screen_fraction": 0.25, "screen_keep": 2}]
