@@ -25,7 +25,8 @@ bound). Data or tokenizer on the hub: --train-tokens (tokens in the training spl
 epoch). Seconds per evaluation = tokens / (tokens_per_second_per_GPU x num_processes)
 + validation tokens at 1/3 the cost per token (forward only), once per checkpoint of
 train.eval_every and at the end. Per search: x
-ceil(nomad.budget / launch.parallel). Tokens/s per GPU: --tokens-per-second, else A100
+ceil(nomad.budget / launch.parallel), plus with nomad.screen_fraction the low-fidelity start (the
+design's rounds x the fraction, then the screen_keep full trainings). Tokens/s per GPU: --tokens-per-second, else A100
 2,400 (HF LoRA on Llama-2-7B at seq 1024, LLaMA-Factory's published figure) and H100 twice
 that (a guess, not measured); with these defaults, gradient checkpointing makes training
 4/3 as long, and a model of another size scales them by 6.74e9 / N (none beyond 8x).
@@ -149,6 +150,7 @@ class Plan:
     budget: int = 0
     seconds_per_eval: float | None = None
     seconds_per_search: float | None = None
+    seconds_screen: float = 0.0  # of it, the low-fidelity start before NOMAD (nomad.screen_fraction)
     adapter_bytes: int | None = None  # one adapter at the largest rank
     disk_bytes: int | None = None  # adapters on disk at most (the whole budget, or train.keep_adapters')
     adapters_on_disk: int | None = None
@@ -373,6 +375,12 @@ def _time(plan: Plan, config, gpus: GpuSpec | None, tokens_per_second: float | N
     plan.seconds_per_eval = (plan.train_tokens / rate * factor
                              + plan.val_passes * (plan.val_tokens or 0) / rate * VAL_COST)
     plan.seconds_per_search = plan.seconds_per_eval * math.ceil(config.nomad.budget / config.launch.parallel)
+    if config.nomad.screen_fraction:  # before NOMAD: the start design to the fraction, then its best in full
+        design = len(config.space.start_design(config.nomad.start_points, config.nomad.seed))
+        rounds = math.ceil(design / config.launch.parallel) * config.nomad.screen_fraction \
+            + math.ceil(config.nomad.screen_keep / config.launch.parallel)
+        plan.seconds_screen = plan.seconds_per_eval * rounds
+        plan.seconds_per_search += plan.seconds_screen
     if config.objective.needs_mmlu:
         plan.warnings.append("the MMLU evaluation of each point is not included in the time"
                              + (" (nor the finalists' full MMLU)" if config.objective.finalists else ""))

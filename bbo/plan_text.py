@@ -79,8 +79,9 @@ def plan_text(plan) -> str:
         row("time per evaluation", f"{hours(plan.seconds_per_eval)} "
                                    f"(training + validation; process start and model loading not included)")
         rounds = math.ceil(plan.budget / plan.parallel)
+        screen = f" + the low-fidelity start {hours(plan.seconds_screen)}" if plan.seconds_screen else ""
         row("time per search", f"{hours(plan.seconds_per_search)} = {rounds} rounds "
-                               f"(nomad.budget {plan.budget} / launch.parallel {plan.parallel}) "
+                               f"(nomad.budget {plan.budget} / launch.parallel {plan.parallel}){screen} "
                                f"= {plan.seconds_per_search / 86400:.1f} days")
     if plan.mmlu_search is not None:
         search = plan.mmlu_search * plan.budget

@@ -122,6 +122,13 @@ def test_time_with_train_tokens_and_default_throughput():
     assert plan.seconds_per_eval == pytest.approx(30e6 / rate + 4 * 2.5e6 / rate / 3)
     assert plan.seconds_per_search == pytest.approx(plan.seconds_per_eval * 50)
     assert "LLaMA-Factory" in plan.text() and "days" in plan.text()
+    screened = load_config(REPO / "experiments" / "llama2-7b-bbo3",
+                           ["nomad.start_points=10", "nomad.screen_fraction=0.25", "nomad.screen_keep=3"])
+    with_start = estimate(screened, parse_gpus("4xA100-80GB"), train_tokens=10_000_000)
+    design = len(screened.space.start_design(10, screened.nomad.seed))  # X0 and 10 points, at a quarter, then 3
+    assert with_start.seconds_screen == pytest.approx(plan.seconds_per_eval * (design * 0.25 + 3))
+    assert with_start.seconds_per_search == pytest.approx(plan.seconds_per_eval * 50 + with_start.seconds_screen)
+    assert "+ the low-fidelity start" in with_start.text()
     h100 = estimate(config, parse_gpus("8xH100-80GB"), train_tokens=10_000_000)
     assert h100.tokens_per_second == 4800 and "not measured" in h100.text()
     assert any("launch.parallel=2" in w for w in h100.warnings)
