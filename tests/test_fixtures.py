@@ -23,16 +23,15 @@ import pytest  # noqa: E402
 import fixtures  # noqa: E402
 from fixtures import make_assets  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("test_fixtures")  # its own generation is made once: one worker
+pytestmark = pytest.mark.xdist_group("test_fixtures")  # its module fixture is made once: one worker
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    """A generation of its own, in a folder of its own; once per worker (session scope: a module fixture is made
-    again whenever the worker comes back to this module between others')."""
+    """A generation of its own, in a folder of its own."""
     out = tmp_path_factory.mktemp("fixtures") / "demo"
     return make_assets(out, log=None)
 
