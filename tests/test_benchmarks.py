@@ -96,6 +96,7 @@ def test_noise_is_fixed_per_point_and_seed_and_judged_by_the_true_value():
     assert abs(a(hp) / a.truth(hp) - 1) < 5 * 0.0045
 
 
+@pytest.mark.slow  # over 30 s of trainings: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_make_landscape_quick(tmp_path):
     out_csv = tmp_path / "landscape.csv"
     run_module("benchmarks.make_landscape", "--quick", "--out", str(out_csv))

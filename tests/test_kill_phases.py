@@ -58,8 +58,12 @@ def teardown_done(experiment, timeout=30) -> bool:
     return False
 
 
-# the phases after training add an MMLU/ROUGE search of their own (over 60 s each): slow, run by CI (.ci/run)
-@pytest.mark.parametrize("phase", [pytest.param(p, marks=pytest.mark.slow) if p in ("mmlu", "rouge") else p
+# slow, run by CI (.ci/run): the phases after training (an MMLU/ROUGE search of their own, over 60 s each), and
+# two of the phases inside a training (train, the first, stays in ./test.sh)
+SLOW_PHASES = ("mmlu", "rouge", "checkpoint", "adapter_save")
+
+
+@pytest.mark.parametrize("phase", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_PHASES else p
                                    for p in KILL_PHASES])
 def test_a_search_killed_at_a_phase_then_rerun_ends_like_an_uninterrupted_one(phase, tmp_path, assets, request):
     evals = phase in ("mmlu", "rouge")
