@@ -15,16 +15,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
-import tempfile
 import time
 
 import pandas as pd
 
+from bbo.paramfile import run_blackbox
 from bbo.results import load_runs
 from core.config import ExperimentConfig, confirm_seeds
-from core.nomadtext import NOMAD_DIR, point_file
 from bbo.summary import candidates
 
 # Two-sided 95% quantiles of Student's t, by degrees of freedom (more than 30: the normal's 1.96).
@@ -56,18 +54,7 @@ def run_confirm(config: ExperimentConfig, overrides: list[str], top: int, seeds:
           f"(train.seed {config.train.seed} was the search's)", flush=True)
     env = dict(env, BBO_OVERRIDES=json.dumps(list(overrides)))
     env.setdefault("BBO_SEARCH_ID", f"confirm-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-    worst = 0
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=config.dir / NOMAD_DIR, prefix=".confirm-",
-                                     delete=False) as f:
-        f.write(point_file(points))
-    try:
-        for seed in seed_list:
-            proc = subprocess.run([sys.executable, "-m", "blackbox", "--experiment", str(config.dir), f.name,
-                                   "--confirm-seed", str(seed)], env=env, stdout=subprocess.DEVNULL)
-            worst = max(worst, proc.returncode)
-    finally:
-        os.unlink(f.name)
-    return worst
+    return max(run_blackbox(config, points, ["--confirm-seed", str(seed)], env) for seed in seed_list)
 
 
 def _point(config: ExperimentConfig, row: pd.Series) -> list | None:

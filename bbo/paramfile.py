@@ -14,6 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from core.config import ConfigError, ExperimentConfig
@@ -81,6 +84,17 @@ def write_start_points(config: ExperimentConfig) -> None:
     if found is not None:
         (config.dir / NOMAD_DIR).mkdir(exist_ok=True)
         (config.dir / found[0]).write_text(found[1])
+
+
+def run_blackbox(config: ExperimentConfig, points: list[list], args: list[str], env: dict) -> int:
+    """`python -m blackbox --experiment X <point file> <args>`, as bb.sh runs it for NOMAD: the points as one
+    block (launch.parallel at once, each where the executor puts it); its exit code. The point file is a
+    temporary one, as NOMAD's are (a file in nomad/ would read as NOMAD's own and a changed problem)."""
+    with tempfile.TemporaryDirectory(prefix="bbo-points-") as folder:
+        path = Path(folder) / "points.txt"
+        path.write_text(point_file(points))
+        cmd = [sys.executable, "-m", "blackbox", "--experiment", str(config.dir), str(path), *args]
+        return subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode
 
 
 def render_bb_script(config: ExperimentConfig) -> str:

@@ -22,10 +22,6 @@ folders; once the X0 file exists the start is done and NOMAD starts from it.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 from typing import Callable
 
 from core.config import ExperimentConfig
@@ -50,7 +46,7 @@ def screened_order(config: ExperimentConfig, design: list[list]) -> list[tuple[f
 def screen_start(config: ExperimentConfig, env: dict, echo: Callable[[str], None] = print) -> int:
     """Run the low-fidelity start unless its X0 file exists; 0 when NOMAD can start from it, else the
     blackbox's exit code (1: no design point could be screened)."""
-    from bbo.paramfile import screened_x0
+    from bbo.paramfile import run_blackbox, screened_x0
 
     x0_file = config.dir / screened_x0(config)
     if x0_file.exists():
@@ -59,12 +55,12 @@ def screen_start(config: ExperimentConfig, env: dict, echo: Callable[[str], None
     design = config.space.start_design(config.nomad.start_points, config.nomad.seed)
     echo(f"low-fidelity start: {len(design)} points of the start design to {fraction:.0%} of their training, "
          f"then the best {keep} in full (nomad.screen_fraction)")
-    rc = _blackbox(config, design, ["--screen", f"{fraction:g}"], env)
+    rc = run_blackbox(config, design, ["--screen", f"{fraction:g}"], env)
     ranked = [(v, p) for v, p in screened_order(config, design) if math.isfinite(v)]
     if rc not in (0, 1) or not ranked:
         return rc or 1
     best = [p for _, p in ranked[:keep]]
-    rc = _blackbox(config, best, ["--screen", "1", "--retry-pruned"], env)
+    rc = run_blackbox(config, best, ["--screen", "1", "--retry-pruned"], env)
     if rc != 0:
         return rc
     for value, point in ranked:
@@ -72,14 +68,3 @@ def screen_start(config: ExperimentConfig, env: dict, echo: Callable[[str], None
         echo(f"  {' '.join(f'{v:g}' for v in point)}: val_loss {value:.6g} at {fraction:.0%} ({mark})")
     x0_file.write_text(point_file(best))
     return 0
-
-
-def _blackbox(config: ExperimentConfig, points: list[list], args: list[str], env: dict) -> int:
-    """`python -m blackbox --experiment X <args> <point file>`: the points as one block (launch.parallel at
-    once, each where the executor puts it), as NOMAD would ask them; its exit code. The point file is a
-    temporary one, as NOMAD's are (a file in nomad/ would read as NOMAD's own and a changed problem)."""
-    with tempfile.TemporaryDirectory(prefix="bbo-screen-") as folder:
-        path = Path(folder) / "points.txt"
-        path.write_text(point_file(points))
-        cmd = [sys.executable, "-m", "blackbox", "--experiment", str(config.dir), *args, str(path)]
-        return subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode
