@@ -25,6 +25,9 @@ No budget is left unused: on an all-integer (granular) space NOMAD stops as soon
 be refined, often well before MAX_BB_EVAL. Then NOMAD starts again (`restart_lines`): from the best
 point so far, with the next SEED and a few new Latin-hypercube points drawn with it, the cache file shared, so
 nothing is evaluated twice, until the budget is spent or three starts in a row find nothing new.
+
+With nomad.model_step (guided_search), NOMAD runs one iteration per start, its state kept in a hot restart file
+between them, and bbo/model_step.py's point is evaluated before each iteration.
 """
 from __future__ import annotations
 
@@ -38,18 +41,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from bbo.paramfile import check, render, write_start_points
 from core.config import ConfigError, load_config
 from core.yamlvalues import env_overrides
 from core.failures import read_stop, refused_file
 from core.nomadtext import (CACHE_FILE, FAILED, KEEP_FILE, NOMAD_DIR, X0_PREFIX, drop_points, number, param_line,
-                            param_lines, parse_params, point_file, read_cache, tokens)
+                            param_lines, parse_params, point_file, point_lines, read_cache, read_hot_restart,
+                            tokens)
 from core.space import latin_hypercube
 
 MAX_RESTARTS = 50
 RESTART_SUFFIX = ".restart"  # a new start writes its own history file, appended to the search's after it
 RESTART_X0 = "restart-x0.txt"  # a new start's X0 file (the best point and seeded LH points), beside CACHE_FILE
+STALE_STARTS = 3  # starts in a row that find nothing new end the search
 OTHER_STOPS = ("MAX_TIME", "MAX_ITERATIONS", "MAX_EVAL", "STOP_IF_FEASIBLE")  # the user's own stop: no restart
 
 
@@ -134,7 +140,7 @@ def restart_lines(lines: list[str], folder: Path, spent: int, restart: int, fres
             ("X0", "SEED", "MAX_BB_EVAL", "LH_SEARCH", "PROBLEM_DIR", "HISTORY_FILE", "ADD_SEED_TO_FILE_NAMES")]
     if "HISTORY_FILE" in entries:  # its own file, appended to the first start's (whose name may carry its seed)
         kept.append(param_line("HISTORY_FILE", f"{history_name(entries)}{RESTART_SUFFIX}"))
-    box = _box(entries, dimension)
+    box = box_of(entries, dimension)
     if box is None:  # bounds NOMAD's way (infinite, `*`): NOMAD's own LH points, the same whatever the SEED
         start = [param_line("X0", best), param_line("LH_SEARCH", new_points, 0)]
     else:  # the best point, then LH points drawn with this start's seed (core.space.latin_hypercube)
@@ -147,7 +153,7 @@ def restart_lines(lines: list[str], folder: Path, spent: int, restart: int, fres
         [line for line in lines if line.startswith("PROBLEM_DIR")]
 
 
-def _box(entries: dict, dimension: int) -> tuple[list, list, list] | None:
+def box_of(entries: dict, dimension: int) -> tuple[list, list, list] | None:
     """(lower, upper, input types) from finite bounds written in full; None otherwise."""
     lower = [number(t) for t in tokens(entries.get("LOWER_BOUND", [""])[-1])]
     upper = [number(t) for t in tokens(entries.get("UPPER_BOUND", [""])[-1])]
@@ -265,10 +271,13 @@ def main(argv=None) -> int:
     os.environ.setdefault("BBO_DRIVER_PID", str(os.getpid()))  # blackboxes stop when this search dies
     os.environ.setdefault("BBO_SEARCH_ID", f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     start = counted(folder, lines, True)  # NOMAD's MAX_BB_EVAL of this invocation counts failed points too
+    stopped = (lambda: read_stop(config.dir, os.environ["BBO_SEARCH_ID"])) if config is not None else (lambda: False)
+    if config is not None and config.nomad.model_step and start is not None:
+        return guided_search(lines, folder, start, lambda more: _start_again(more, folder),
+                             lambda points: _answers(config, points), stopped)
     PyNomad.optimizeWithMainStep(lines)
     if start is None:
         return 0
-    stopped = (lambda: read_stop(config.dir, os.environ["BBO_SEARCH_ID"])) if config is not None else (lambda: False)
     return start_again_until_spent(lines, folder, start, lambda more: _start_again(more, folder), stopped)
 
 
@@ -285,7 +294,7 @@ def start_again_until_spent(lines: list[str], folder: Path, start: int, run_star
         now = counted(folder, lines, True)
         fresh = now > before  # did the last start evaluate anything new?
         stale = 0 if fresh else stale + 1
-        if stale >= 3:
+        if stale >= STALE_STARTS:
             print("NOMAD found nothing new to evaluate three times in a row: the points it can reach are evaluated",
                   file=sys.stderr)
             return 0
@@ -301,6 +310,101 @@ def start_again_until_spent(lines: list[str], folder: Path, start: int, run_star
         if rc:
             return rc
     return 0
+
+
+def guided_search(lines: list[str], folder: Path, start: int, run_start: Callable[[list[str]], int],
+                  evaluate: Callable[[list[list]], list[str] | None], stopped: Callable[[], bool] = lambda: False,
+                  echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> int:
+    """NOMAD to its budget, one iteration per start, with the model step before each; its exit status.
+
+    lines: the search's parameter lines (bbo.nomad.prepare_lines: MAX_BB_EVAL is what is left, the cache's count
+    before it was `start`); run_start(lines) runs one NOMAD start (a process of its own for the real search);
+    evaluate(points) -> their blackbox output lines, or None when they could not be evaluated (nothing written).
+    """
+    from bbo.model_step import HOT_RESTART_FILE, take_step
+
+    entries = parse_params("\n".join(lines), strict=False)
+    cache = folder / entries["CACHE_FILE"][-1].split()[0]
+    hot = cache.parent / HOT_RESTART_FILE
+    history = folder / history_name(entries) if "HISTORY_FILE" in entries else None
+    budget = int(entries["MAX_BB_EVAL"][-1])
+    outputs = entries.get("BB_OUTPUT_TYPE", ["OBJ"])[-1].split()
+    obj = outputs.index("OBJ") if "OBJ" in outputs else 0
+    block = int(entries.get("BB_MAX_BLOCK_SIZE", ["1"])[-1])
+    seed = int(entries.get("SEED", ["0"])[-1])
+    box = box_of(entries, int(entries["DIMENSION"][-1]))
+    current, restart, stale = lines, 0, 0
+    if history is not None:  # each start writes a history file of its own, appended to the search's (bbo.nomad)
+        current = [line for line in lines if line.split()[0].upper() not in ("HISTORY_FILE", "ADD_SEED_TO_FILE_NAMES")]
+        current += [param_line("HISTORY_FILE", f"{history_name(entries)}{RESTART_SUFFIX}"),
+                    param_line("ADD_SEED_TO_FILE_NAMES", "no")]
+    for step in range(10 * budget + 100):  # an iteration evaluates at least one point, or starts NOMAD again
+        left = budget - (counted(folder, lines, True) - start)
+        if left <= 0 or stopped():
+            return 0
+        state = read_hot_restart(hot)
+        if state is not None and box is not None:
+            try:
+                take_step(cache, hot, history, state, box, obj, outputs, min(block, left), seed + step, evaluate, echo)
+            except Exception as e:  # noqa: BLE001 - any failure of the model leaves the iteration to NOMAD
+                echo(f"model step skipped ({type(e).__name__}: {e}); NOMAD's own iteration")
+            left = budget - (counted(folder, lines, True) - start)
+            if left <= 0 or stopped():
+                return 0
+        before = counted(folder, lines, True)
+        rc = run_start(_iteration_lines(current, hot, state, left))
+        if rc:
+            return rc
+        if counted(folder, lines, True) > before:
+            stale = 0
+            continue
+        # NOMAD found nothing new: its mesh is at its finest; start it again from the best point, fresh
+        stale += 1
+        if stale >= STALE_STARTS:
+            echo("NOMAD found nothing new to evaluate three times in a row: the points it can reach are evaluated")
+            return 0
+        restart += 1
+        hot.unlink(missing_ok=True)
+        current = restart_lines(lines, folder, counted(folder, lines, True) - start, restart, fresh=stale == 1)
+        if current is None:
+            return 0
+        echo(f"NOMAD's mesh cannot be refined further: start {restart + 1} from the best point so far")
+    return 0
+
+
+def _iteration_lines(lines: list[str], hot: Path, state: dict | None, left: int) -> list[str]:
+    """One NOMAD iteration from the hot restart file (when there is one): MAX_BB_EVAL counts NOMAD's own evaluations
+    across the starts that read the file, so it is theirs plus what is left."""
+    done = state["evaluations"] if state else 0
+    kept = [line for line in lines if line.split()[0].upper() not in ("MAX_BB_EVAL", "MAX_ITERATIONS")]
+    if state is not None:  # the initial Latin-hypercube points were drawn by the first start
+        kept = [param_line("LH_SEARCH", 0, *line.split()[2:]) if line.split()[0].upper() == "LH_SEARCH" else line
+                for line in kept]
+    # NOMAD 4.5.1 crashes writing its hot restart file after MAX_BB_EVAL stopped it among its X0 points: a start
+    # whose budget may end there is the last one and writes none
+    write = state is not None or left > _x0_count(kept)
+    return kept + [param_line("MAX_BB_EVAL", done + left), param_line("MAX_ITERATIONS", 1),
+                   param_line("HOT_RESTART_FILE", hot), param_line("HOT_RESTART_WRITE_FILES", "yes" if write else "no"),
+                   *([param_line("HOT_RESTART_READ_FILES", "yes")] if state is not None else [])]
+
+
+def _x0_count(lines: list[str]) -> int:
+    """How many X0 points the lines give NOMAD (a vector each, or the points of an X0 file)."""
+    count = 0
+    for line in param_lines("\n".join(lines)):
+        if line.keyword == "X0":
+            path = Path(line.value.split()[0]) if not line.value.startswith("(") else None
+            count += len(point_lines(path.read_text())) if path is not None and path.is_file() else 1
+    return count
+
+
+def _answers(config, points: list[list]) -> list[str] | None:
+    """The blackbox's output lines for points of the model-guided step, one per point; None when it gave none."""
+    from bbo.paramfile import run_blackbox
+
+    answers: list[str] = []
+    run_blackbox(config, points, ["--model-step"], dict(os.environ), answers)
+    return answers if len(answers) == len(points) else None
 
 
 def _start_again(lines: list[str], folder: Path) -> int:

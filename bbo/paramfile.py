@@ -86,15 +86,21 @@ def write_start_points(config: ExperimentConfig) -> None:
         (config.dir / found[0]).write_text(found[1])
 
 
-def run_blackbox(config: ExperimentConfig, points: list[list], args: list[str], env: dict) -> int:
+def run_blackbox(config: ExperimentConfig, points: list[list], args: list[str], env: dict,
+                 answers: list[str] | None = None) -> int:
     """`python -m blackbox --experiment X <point file> <args>`, as bb.sh runs it for NOMAD: the points as one
-    block (launch.parallel at once, each where the executor puts it); its exit code. The point file is a
-    temporary one, as NOMAD's are (a file in nomad/ would read as NOMAD's own and a changed problem)."""
+    block (launch.parallel at once, each where the executor puts it); its exit code. `answers`, when given,
+    receives the output lines NOMAD would read, one per point. The point file is a temporary one, as NOMAD's
+    are (a file in nomad/ would read as NOMAD's own and a changed problem)."""
     with tempfile.TemporaryDirectory(prefix="bbo-points-") as folder:
         path = Path(folder) / "points.txt"
         path.write_text(point_file(points))
         cmd = [sys.executable, "-m", "blackbox", "--experiment", str(config.dir), str(path), *args]
-        return subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode
+        done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL if answers is None else subprocess.PIPE,
+                              text=True)
+        if answers is not None:
+            answers += [line for line in done.stdout.splitlines() if line.strip()]
+        return done.returncode
 
 
 def render_bb_script(config: ExperimentConfig) -> str:

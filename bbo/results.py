@@ -12,7 +12,7 @@ Columns are flat (one value per cell) so CSV and Parquet hold the same table:
 
     run_id, order (1-based, first answer; <NA> for a run never recorded), status (a core.store.State:
     ok | failed | pruned | running; or incomplete: no status.json), reason, error_kind (oom, diverged, timeout, crash, ...),
-    cached (the first answer came from a finished run), n_answers, cached_hits, source (nomad | hand),
+    cached (the first answer came from a finished run), n_answers, cached_hits, source (nomad | model | hand | ...),
     x_<name> (NOMAD coordinates), rank, alpha, alpha_over_rank, dropout, lr,
     objective, objective_vs_base (the objective minus the base model's, once `bbo baseline` measured it),
     val_loss, mmlu (with mmlu.search_limit when set: mmlu_limit), mmlu_<subject>...,

@@ -81,6 +81,9 @@ def parse_args(argv):
     p.add_argument("--screen", type=float, metavar="FRACTION",
                    help="a point of the low-fidelity start (bbo/screen.py, nomad.screen_fraction): trained to FRACTION "
                         "of its run and recorded pruned there (1: in full); not counted against nomad.budget")
+    p.add_argument("--model-step", action="store_true",
+                   help="points of the model-guided step (bbo/model_step.py, nomad.model_step): NOMAD's in all but "
+                        "their source")
     p.add_argument("--extend", action="store_true",
                    help="under a plain `nomad`, train past nomad.budget (also BBO_EXTEND=1 in the environment); "
                         "without it, new points past the budget are answered FAILED untrained")
@@ -109,6 +112,8 @@ def main(argv=None) -> int:
             config = load_config(args.experiment, env_overrides() + args.set + [f"train.seed={args.confirm_seed}"])
         if args.screen is not None and (not args.pointfile or confirms or not 0.0 < args.screen <= 1.0):
             raise PointError("--screen FRACTION: a point file, a fraction in (0, 1], and no --confirm-seed")
+        if args.model_step and (not args.pointfile or confirms or args.screen is not None):
+            raise PointError("--model-step: a point file, and neither --confirm-seed nor --screen")
     except (ConfigError, PointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -120,7 +125,8 @@ def main(argv=None) -> int:
     retry_pruned = args.retry_pruned or os.environ.get("BBO_RETRY_PRUNED") == "1"
     extend = args.extend or os.environ.get(EXTEND_ENV) == "1"
     try:
-        source = "confirm" if confirms else "screen" if args.screen else "nomad" if args.pointfile else "hand"
+        source = ("confirm" if confirms else "screen" if args.screen else "model" if args.model_step
+                  else "nomad" if args.pointfile else "hand")
         outcomes = evaluate_block(config, points, source=source, retry_failed=retry_failed, confirms=confirms,
                                   retry_pruned=retry_pruned, extend=extend,
                                   screen=args.screen if args.screen and args.screen < 1.0 else None)

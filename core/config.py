@@ -285,6 +285,9 @@ class NomadConfig:
                 "a checkpoint of train.eval_every (0: off)"})
     screen_keep: int = field(default=3, metadata={
         "help": "the low-fidelity start's best points, by validation loss there, trained in full: NOMAD's X0"})
+    model_step: bool = field(default=False, metadata={
+        "help": "before each NOMAD iteration, the best point of a Gaussian process on the finished runs first "
+                "(bbo/model_step.py)"})
 
     def check(self):
         positive("nomad.budget", self.budget)

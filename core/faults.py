@@ -3,6 +3,7 @@
     BBO_FAULT=<kind>@<step>[,match=<text in run id>][,rank=<r>]   kind: oom | nan | error | hang | crash
     BBO_FAULT=<kind>[,match=...]                                    kind: load_model | eval_error | garbage_metrics
     BBO_FAULT=kill_search@<phase>[,match=...]                       phase: one of KILL_PHASES
+    BBO_FAULT=model_step                                            the model-guided step's model raises
 
 Each kind raises (or does) in training what the real failure would: an OOM is torch's
 OutOfMemoryError, a NaN fills the trainable weights, a crash is SIGKILL. kill_search kills the search
@@ -94,3 +95,9 @@ def step_callback(fault: dict | None):
                 os.kill(os.getpid(), signal.SIGKILL)
 
     return InjectFault()
+
+
+def fails_model_step() -> None:
+    """BBO_FAULT=model_step: the model of the model-guided step (bbo/model_step.py) raises, as a failed fit would."""
+    if os.environ.get("BBO_FAULT", "").strip() == "model_step":
+        raise FloatingPointError("injected fault: the model could not be fitted")

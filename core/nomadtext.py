@@ -260,3 +260,53 @@ def _drop_cached(path: str | Path, drop) -> int:
         tmp.write_text("".join(kept))
         tmp.replace(path)
     return len(lines) - len(kept)
+
+
+def cache_entry(x, outputs: str) -> str:
+    """The CACHE_FILE line NOMAD writes for a point the blackbox answered with this output line
+    ("FAILED", or the outputs' numbers): a point evaluated outside NOMAD (bbo/model_step.py) is one NOMAD knows."""
+    status = "BB_EVAL_FAILED" if outputs.strip().upper() == "FAILED" or not outputs.strip() else "BB_EVAL_OK"
+    return f"( {point_line(x)} ) {status} ( {outputs.strip() or 'FAILED'} ) SURROGATE_EVAL_NOT_STARTED ( )"
+
+
+def append_evaluations(cache: str | Path, history: str | Path | None, answered: list[tuple[list, str]]) -> None:
+    """Points evaluated outside NOMAD, (x, output line) each, added to its cache (and history) as NOMAD adds its own."""
+    with open(cache, "a") as out:
+        out.writelines(cache_entry(x, line) + "\n" for x, line in answered)
+    if history is not None:
+        with open(history, "a") as out:
+            out.writelines(f"{point_line(x)} {line.strip()}\n" for x, line in answered)
+
+
+# ---------------------------------------------------------------- hot restart file
+
+def read_hot_restart(path: str | Path) -> dict | None:
+    """What NOMAD's HOT_RESTART_FILE says of its state: {"evaluations": NB_BB_EVAL, "mesh": DELTA_MESH_SIZE,
+    "incumbent": the first X_FEAS point or None}; None without the file."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    state = {"evaluations": 0, "mesh": None, "incumbent": None}
+    for line in path.read_text().splitlines():
+        keyword, _, value = line.partition(" ")
+        if keyword == "NB_BB_EVAL":
+            state["evaluations"] = int(value)
+        elif keyword == "DELTA_MESH_SIZE":
+            state["mesh"] = [number(v) for v in value.split()]
+        elif keyword == "X_FEAS" and state["incumbent"] is None:
+            parsed = _cache_line(value.strip())
+            state["incumbent"] = [number(v) for v in parsed[0]] if parsed else None
+    return state
+
+
+def set_incumbent(path: str | Path, x, outputs: str) -> None:
+    """Make x (evaluated, feasible, better than NOMAD's incumbent) the only X_FEAS point of the hot restart file's
+    barrier: NOMAD's next start from the file polls around it."""
+    path = Path(path)
+    entry = "X_FEAS " + cache_entry(x, outputs)
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("X_FEAS ")]
+    barrier = next(i for i, line in enumerate(lines) if line.strip() == "BARRIER")  # X_FEAS, then X_INF, follow it
+    lines.insert(barrier + 1, entry)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
