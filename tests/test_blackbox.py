@@ -50,6 +50,7 @@ def test_hand_form_trains_writes_the_run_folder_and_then_reuses_it(tiny_experime
     assert [e["cached"] for e in entries] == [False, True] and entries[0]["run_id"] == entries[1]["run_id"]
 
 
+@pytest.mark.slow  # about 30 s or more: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_point_file_form_is_the_same_run_as_the_hand_form(tiny_experiment, tmp_path):
     by_hand = blackbox(tiny_experiment, "--rank", "4", "--alpha", "4", "--dropout", "0", "--lr", "0.001")
     points = tmp_path / "points.txt"

@@ -10,6 +10,7 @@ from bbo.results import load_confirm_runs, load_runs
 from conftest import run_module as run
 
 
+@pytest.mark.slow  # about 30 s or more: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_a_search_then_confirm_keeps_the_extra_runs_beside_nomads_view(searched_copy):
     experiment = searched_copy  # a finished search of 3 points (conftest.SEARCH)
     nomad_files = {p.name: p.read_bytes() for p in (experiment / "nomad").iterdir() if p.is_file()}

@@ -81,6 +81,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path, assets):
     assert processes_mentioning(str(run_dir)) == []  # no orphan training process
 
 
+@pytest.mark.slow  # about 30 s or more: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_killed_blackbox_leaves_an_incomplete_run_that_is_redone(experiment):
     env = dict(os.environ, BBO_FAULT="hang@2")  # step 1 logs its loss, step 2 hangs
     proc = subprocess.Popen([sys.executable, "-m", "blackbox", "--experiment", str(experiment), "--rank", "4",

@@ -60,7 +60,7 @@ def teardown_done(experiment, timeout=30) -> bool:
 
 # slow, run by CI (.ci/run): the phases after training (an MMLU/ROUGE search of their own, over 60 s each), and
 # two of the phases inside a training (train, the first, stays in ./test.sh)
-SLOW_PHASES = ("mmlu", "rouge", "checkpoint", "adapter_save")
+SLOW_PHASES = ("mmlu", "rouge", "checkpoint", "adapter_save", "load_data")
 
 
 @pytest.mark.parametrize("phase", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_PHASES else p

@@ -44,6 +44,7 @@ def test_checkpoints_and_thresholds():
     assert pruning.prune_reason(0.5, math.nan, rule)  # a NaN loss is hopeless too
 
 
+@pytest.mark.slow  # about 30 s or more: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_every_run_keeps_its_curve_and_measuring_it_changes_nothing(tmp_path, assets):
     changes = dict(train={"max_steps": 4, "logging_steps": 2},
                    objective={"metric": "val_loss", "extra_outputs": ["val_loss"]})

@@ -33,6 +33,7 @@ def test_wrong_screen_settings_are_one_line_errors(tmp_path, assets, changes, wo
         load_config(experiment, [f"{k}={'null' if v is None else v}" for k, v in changes.items()])
 
 
+@pytest.mark.slow  # about 30 s or more: CI runs it (.ci/run), ./test.sh -m slow by hand
 def test_a_screened_start_reports_no_partial_run_as_complete_and_trains_nothing_twice(tmp_path, assets):
     experiment = make_experiment(tmp_path, assets, **SCREENED)
     proc = run_module("bbo", "run", experiment)
