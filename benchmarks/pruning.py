@@ -199,7 +199,7 @@ def _nomad_child(csv_path: str, variant: dict, settings: dict | None, seed: int,
     os.dup2(devnull, 2)  # and the driver its restart notes on stderr (a crash shows in the exit code)
     import PyNomad
 
-    from bbo.nomad import start_again_until_spent
+    from bbo.nomad import guided_search, start_again_until_spent
 
     curves = Curves(Path(csv_path))
     space = SearchSpace.from_dict(curves.space)
@@ -217,6 +217,14 @@ def _nomad_child(csv_path: str, variant: dict, settings: dict | None, seed: int,
         PyNomad.optimize(evaluate, [], [], [], lines)
         return 0
 
+    def model_points(points):  # the model-guided step's points (bbo/model_step.py), trained as NOMAD's
+        answers = []
+        for coords in points:
+            run, _ = replay.train(space.decode(coords), project_stop(replay, settings) if settings else never)
+            conn.send(replay.log[-1])
+            answers.append(repr(run.objective))
+        return answers
+
     space_dict = {k: dict(v, x0=x0[k]) if x0 and k in x0 else v for k, v in curves.space.items()}
     with tempfile.TemporaryDirectory() as folder:
         lines = nomad_lines(space_dict, budget, seed, variant, Path(folder))
@@ -224,8 +232,11 @@ def _nomad_child(csv_path: str, variant: dict, settings: dict | None, seed: int,
         if nomad.get("screen_fraction"):  # the low-fidelity start, as bbo.screen runs it before NOMAD
             screen_design(replay, space, Path(folder) / "x0.txt", nomad["screen_fraction"],
                           nomad.get("screen_keep", NomadConfig().screen_keep), settings, conn)
-        start(lines)
-        start_again_until_spent(lines, Path(folder), 0, start)
+        if nomad.get("model_step"):
+            guided_search(lines, Path(folder), 0, start, model_points, echo=lambda line: None)
+        else:
+            start(lines)
+            start_again_until_spent(lines, Path(folder), 0, start)
     conn.close()
 
 
@@ -413,9 +424,14 @@ SCREEN_CANDIDATES = [{"start_points": 10, "screen_fraction": 0.25, "screen_keep"
                      {"start_points": 6, "screen_fraction": 0.25, "screen_keep": 2}]
 
 
+# the model-guided step (nomad.model_step), alone and after the first low-fidelity start: on every --screen table
+MODEL_CANDIDATES = [{"model_step": True}, dict(SCREEN_CANDIDATES[0], model_step=True)]
+
+
 def screen_label(screen: dict) -> str:
-    return (f"low-fidelity start: {screen['start_points']} + X0 to {screen['screen_fraction']:g}, "
-            f"best {screen['screen_keep']} in full")
+    parts = ([f"low-fidelity start: {screen['start_points']} + X0 to {screen['screen_fraction']:g}, "
+              f"best {screen['screen_keep']} in full"] if screen.get("screen_fraction") else [])
+    return ", ".join(parts + (["model step"] if screen.get("model_step") else []))
 
 
 def screening(variant: dict, settings: dict, seeds: list[int], tune_seeds: list[int] | None, budget: int,
@@ -423,7 +439,7 @@ def screening(variant: dict, settings: dict, seeds: list[int], tune_seeds: list[
     """NOMAD with the low-fidelity start against NOMAD without it and TPE with its MedianPruner, all with the
     templates' pruning: training-hours to 1%, for each of SCREEN_CANDIDATES. With tune_seeds: every SCREENS
     setting on those first, and the reporting seeds for the one with the lowest median ratio to TPE there too."""
-    chosen = [dict(variant["nomad"], **screen) for screen in SCREEN_CANDIDATES]
+    chosen = [dict(variant["nomad"], **screen) for screen in SCREEN_CANDIDATES + MODEL_CANDIDATES]
     if tune_seeds:
         tpe = measure("Optuna TPE", settings, tune_seeds, budget, variant, csv_path=csv_path)
         rows, scores = [("Optuna TPE", settings, tpe)], []
@@ -463,8 +479,9 @@ def main(argv=None) -> int:
     p.add_argument("--starts", action="store_true",
                    help="also NOMAD from every grid point as X0 (seed 0): one search per grid point")
     p.add_argument("--screen", action="store_true",
-                   help="also the low-fidelity start (nomad.screen_fraction) against TPE with its MedianPruner; with "
-                        "--tune, its settings swept on the tuning seeds first")
+                   help="also the low-fidelity start (nomad.screen_fraction) and the model-guided step "
+                        "(nomad.model_step) against TPE with its MedianPruner; with --tune, the start's settings swept "
+                        "on the tuning seeds first")
     p.add_argument("--curves", type=Path, default=CURVES_CSV,
                    help="the measured curves (default: the tiny model's benchmarks/data/curves.csv; the real model's: "
                         "benchmarks/data/landscape_smollm2.csv, from make_landscape --model smollm2)")

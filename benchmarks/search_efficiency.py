@@ -83,6 +83,9 @@ VARIANTS = [
     {"label": "start 8 + frame 0.25", "nomad": {"start_points": 8, "initial_frame": 0.25}},
     {"label": "start 8 + N+1 UNI", "nomad": {"start_points": 8, "extra_lines": ["DIRECTION_TYPE N+1 UNI"]}},
 ]
+# NOMAD with the model-guided step (nomad.model_step, bbo/model_step.py) on the templates' start: on every table
+MODEL_STEP = {"label": "start 6 + model step", "nomad": {"start_points": 6, "model_step": True}}
+VARIANTS.append(MODEL_STEP)
 # The variant the --tune sweep picked on the tuning seeds (without --tune the main table uses this one; with --tune,
 # the sweep's winner); the main table reports disjoint seeds. See docs/benchmarks.md.
 TUNED = {"label": "tuned: start 6", "nomad": {"start_points": 6}}
@@ -154,23 +157,29 @@ def _nomad_child(name: str, variant: dict, seed: int, budget: int, conn, noise: 
     os.dup2(devnull, 2)  # and the driver its restart notes on stderr (a crash shows in the exit code)
     import PyNomad
 
-    from bbo.nomad import start_again_until_spent
+    from bbo.nomad import guided_search, start_again_until_spent
 
     landscape = landscape_by_name(name, noise, seed)
     space_dict = variant_space(landscape.space, variant)
     space = SearchSpace.from_dict(space_dict)
     rounds, seen = [0], {}
 
-    def evaluate(point):
-        coords = [point.get_coord(i) for i in range(space.dimension)]
+    def value(coords):
         coords = [int(round(x)) if t == "I" else x for x, t in zip(coords, space.input_types)]
         hp = space.decode(coords)
         key = tuple(sorted((k, f"{v:.6g}") for k, v in hp.items()))
         if key not in seen:  # the run store answers a point asked again (another start's own cache) without training
             seen[key] = landscape(hp)
             conn.send((seen[key], landscape.truth(hp), rounds[0]))
-        point.setBBO(str(seen[key]).encode())
+        return seen[key]
+
+    def evaluate(point):
+        point.setBBO(str(value([point.get_coord(i) for i in range(space.dimension)])).encode())
         return True
+
+    def model_points(points):  # the model-guided step's points (bbo/model_step.py): one round
+        rounds[0] += 1
+        return [repr(value(p)) for p in points]
 
     def one(point):
         rounds[0] += 1
@@ -186,8 +195,11 @@ def _nomad_child(name: str, variant: dict, seed: int, budget: int, conn, noise: 
 
     with tempfile.TemporaryDirectory() as folder:
         lines = nomad_lines(space_dict, budget, seed, variant, Path(folder), parallel=block)
-        start(lines)
-        start_again_until_spent(lines, Path(folder), 0, start)
+        if variant.get("nomad", {}).get("model_step"):
+            guided_search(lines, Path(folder), 0, start, model_points, echo=lambda line: None)
+        else:
+            start(lines)
+            start_again_until_spent(lines, Path(folder), 0, start)
     conn.close()
 
 
@@ -395,16 +407,24 @@ def main(argv=None) -> int:
     for noise in [None] + ([args.noise] if args.noise else []):
         title = "" if noise is None else f", every evaluation with {noise:.2%} relative noise"
         print(f"\n## NOMAD vs Optuna TPE vs random search (seeds {seeds[0]}..{seeds[-1]}){title}")
+        nomads = [f"NOMAD {v['label']}" for v in (DEFAULT, tuned, MODEL_STEP)]
+        to_tpe = {label: [] for label in nomads}  # NOMAD/TPE of median evaluations to 1%, per landscape
         for ls in landscapes(args.quick):
             results = {}
-            for variant in (DEFAULT, tuned):
+            for variant in (DEFAULT, tuned, MODEL_STEP):
                 histories, crashed = run_nomad(ls.name, variant, seeds, budget, noise)
                 results[f"NOMAD {variant['label']}"] = summarize(histories, ls.optimum, budget, checkpoints, crashed)
             for sampler, label in (("tpe", "Optuna TPE"), ("random", "random")):
                 results[label] = summarize([run_optuna(ls, sampler, s, budget, noise) for s in seeds], ls.optimum,
                                            budget, checkpoints)
-            print_table(Noisy(ls, noise, 0) if noise else ls, results, budget, checkpoints,
-                        [f"NOMAD {DEFAULT['label']}", f"NOMAD {tuned['label']}"])
+            print_table(Noisy(ls, noise, 0) if noise else ls, results, budget, checkpoints, nomads)
+            for label in nomads:
+                to_tpe[label].append(results[label]["to1%"] / results["Optuna TPE"]["to1%"])
+        print("\nmedian evaluations to 1%, NOMAD / Optuna TPE over the landscapes (goal: geometric mean <= 0.75, "
+              "none above 1.25):")
+        for label, ratios in to_tpe.items():
+            print(f"  {label}: geometric mean {math.exp(statistics.fmean(math.log(r) for r in ratios)):.2f}, "
+                  f"worst {max(ratios):.2f}, {sum(r > 1.25 for r in ratios)} above 1.25")
     print(f"\n({time.time() - t0:.0f} s)")
     return 0
 
