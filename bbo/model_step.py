@@ -27,7 +27,7 @@ from pathlib import Path
 
 from core.nomadtext import append_evaluations, number, param_line, read_cache, set_incumbent, tokens
 
-KAPPA = 1.0  # the lower confidence bound's weight on the model's deviation (benchmarks/search_efficiency.py --tune)
+KAPPA = 1.0  # the lower confidence bound's weight on the deviation (0, 0.3 and 2 did no better: docs/benchmarks.md)
 KAPPAS = (KAPPA, 0.0, 2 * KAPPA, 4 * KAPPA, KAPPA / 2, 8 * KAPPA, KAPPA / 4, 16 * KAPPA)  # a block's points: one each
 ACQUISITION_EVALS = 100  # NOMAD's evaluations of the model per step (NOMAD spends ~5 ms on each)
 HOT_RESTART_FILE = "hotrestart.txt"  # beside NOMAD's cache
@@ -118,7 +118,8 @@ def on_mesh(point: list, centre: list, mesh: list | None, box: tuple[list, list,
     for i, (x, c, low, high, kind) in enumerate(zip(point, centre, lower, upper, types)):
         size = mesh[i] if mesh else (1 if kind == "I" else (high - low) / 1000)
         size = max(size, 1) if kind == "I" else size
-        steps = min(max(round((x - c) / size), math.ceil((low - c) / size - 1e-9)), math.floor((high - c) / size + 1e-9))
+        lowest, highest = math.ceil((low - c) / size - 1e-9), math.floor((high - c) / size + 1e-9)
+        steps = min(max(round((x - c) / size), lowest), highest)
         value = c + steps * size
         out.append(int(round(value)) if kind == "I" else float(f"{value:.12g}"))
     return out
