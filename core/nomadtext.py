@@ -7,7 +7,8 @@
 
 The text this project writes for NOMAD is formatted here only: parameter lines (param.txt through
 bbo/paramfile.py, the driver's lines in bbo/nomad.py, the benchmarks' lines), point files (X0 files, the
-points `bbo confirm` hands the blackbox). NOMAD writes the rest. Readers of any of them (resume,
+points `bbo confirm` hands the blackbox), and, with nomad.model_step, the model step's points added to the
+cache and history and its incumbent in NOMAD's hot restart file (nomad/hotrestart.txt). NOMAD writes the rest. Readers of any of them (resume,
 --retry-failed, the results tables, the blackbox, the benchmarks) use this module too.
 """
 from __future__ import annotations

@@ -241,8 +241,8 @@ def budget_use(experiment_dir: str | Path, fingerprint: dict, count_failed: bool
 
     Counted: run folders finished ok or pruned (failed too with nomad.count_failed) of this fingerprint
     (ExperimentConfig.fingerprint(): runs of other settings belong to another problem) and of points a search
-    asked (a point file, as NOMAD asks: an answer in evaluations.jsonl whose source is not "hand" or "screen"; a
-    folder with no answer recorded counts too). Not counted: points only ever asked by hand (`python -m blackbox
+    asked (a point file, as NOMAD or its model step asks: an answer in evaluations.jsonl whose source is not
+    "hand" or "screen"; a folder with no answer recorded counts too). Not counted: points only ever asked by hand (`python -m blackbox
     --rank ...`: NOMAD never saw them), points of the low-fidelity start that NOMAD never asked (bbo/screen.py),
     confirmation runs (`bbo confirm`), running or interrupted runs, and
     the points a stopped search answered without training (no folder). The finalists' MMLU adds no folder.
